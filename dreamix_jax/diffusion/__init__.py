@@ -1,0 +1,1 @@
+"""Continuous-time Gaussian diffusion: schedules, objectives and samplers."""

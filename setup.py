@@ -1,0 +1,28 @@
+"""Installs dreamix_jax: `pip install -e .[test]` for development."""
+
+import pathlib
+
+import setuptools
+
+_HERE = pathlib.Path(__file__).parent
+
+
+def _requirements():
+  lines = (_HERE / "requirements.txt").read_text().splitlines()
+  return [l.strip() for l in lines if l.strip() and not l.startswith("#")]
+
+
+setuptools.setup(
+    name="dreamix_jax",
+    version="0.1.0",
+    description=("Dreamix (video diffusion models are general video editors) "
+                 "in JAX/Flax on an Imagen-Video-style cascade."),
+    long_description=(_HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["dreamix_jax", "dreamix_jax.*"]),
+    install_requires=_requirements(),
+    extras_require={
+        "test": ["pytest==9.2.0", "torch==2.13.0"],
+    },
+)

@@ -1,0 +1,1 @@
+"""Data: video and image input/output, preprocessing, datasets and input pipelines."""

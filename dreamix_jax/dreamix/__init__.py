@@ -1,0 +1,1 @@
+"""The Dreamix method: corruption, mixed finetuning, image-to-video, editing pipelines."""

@@ -1,0 +1,68 @@
+r"""Precomputes T5 prompt embeddings into a cache directory, for jobs that run without T5.
+
+  python -m dreamix_jax.tools.encode_prompts --t5=/path/to/t5-v1_1-xxl \
+      --prompts=prompts.txt --out=/path/to/cache [--max_length=128] [--dtype=float32]
+
+`--prompts` holds one prompt per line (surrounding whitespace stripped, blank lines skipped).
+Prompts already in the cache are not encoded again. Jobs then read the cache with
+`text_encoder.cached_embedder(out)` (or `make_embedder(None, out, max_length)`).
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from dreamix_jax.models import text_encoder
+
+_T5 = flags.DEFINE_string("t5", None, "Local Hugging Face T5 v1.1 directory (weights, tokenizer).")
+_PROMPTS = flags.DEFINE_string("prompts", None, "Text file with one prompt per line.")
+_OUT = flags.DEFINE_string("out", None, "Embedding cache directory to fill.")
+_MAX_LENGTH = flags.DEFINE_integer("max_length", text_encoder.DEFAULT_MAX_LENGTH,
+                                   "Token length L of the embeddings.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "T5 compute dtype.")
+_BATCH = flags.DEFINE_integer("batch_size", 32, "Prompts encoded per jitted call.")
+
+
+def read_prompts(path: str) -> list[str]:
+  """The non-blank lines of `path`, stripped, duplicates removed (first occurrence kept)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"Prompt file {path!r} not found; pass a text file with one prompt per "
+                            "line to --prompts.")
+  with open(path, encoding="utf-8") as f:
+    prompts = [line.strip() for line in f]
+  prompts = list(dict.fromkeys(p for p in prompts if p))
+  if not prompts:
+    raise ValueError(f"Prompt file {path!r} holds no prompts (all lines are blank).")
+  return prompts
+
+
+def encode_prompts(t5_dir: str, prompts_file: str, out_dir: str, *, max_length: int,
+                   dtype: str = "float32", batch_size: int = 32) -> text_encoder.T5TextEncoder:
+  """Encodes every prompt of `prompts_file` missing from the cache `out_dir`; returns the encoder."""
+  prompts = read_prompts(prompts_file)
+  embedder = text_encoder.t5_embedder(t5_dir, max_length=max_length, dtype=dtype,
+                                      cache_dir=out_dir, max_batch=batch_size)
+  for start in range(0, len(prompts), batch_size):
+    embedder(prompts[start:start + batch_size])
+    logging.info("Prompts %d-%d of %d done.", start + 1,
+                 min(start + batch_size, len(prompts)), len(prompts))
+  logging.info("%d prompts in %s: %d encoded now, %d were cached (encoder %s, max_length %d).",
+               len(prompts), out_dir, embedder.num_encoded, len(prompts) - embedder.num_encoded,
+               embedder.fingerprint[:12], max_length)
+  return embedder
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  encode_prompts(_T5.value, _PROMPTS.value, _OUT.value, max_length=_MAX_LENGTH.value,
+                 dtype=_DTYPE.value, batch_size=_BATCH.value)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["t5", "prompts", "out"])
+  app.run(main)

@@ -7,9 +7,9 @@ without mean subtraction, pre-norm residual blocks, unscaled dot-product attenti
 relative position bias owned by the first layer and shared by every other layer.
 
 Parameters are created in `param_dtype` (float32 by default) and carry logical axis names for
-sharding; matmuls run in `dtype` (e.g. bfloat16) while the residual stream, norms and softmax stay in
-float32. Layers are unrolled (not scanned) so every Hugging Face tensor maps to one Flax parameter and
-a checkpoint can be imported tensor by tensor (see `t5_weights.py`).
+sharding; matmuls run in `dtype` (e.g. bfloat16) while the residual stream, norms and softmax
+stay in float32. Layers are unrolled (not scanned) so every Hugging Face tensor maps to one Flax
+parameter and a checkpoint can be imported tensor by tensor (see `t5_weights.py`).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ PRESETS = {
 
 
 def preset(name: str, **overrides) -> T5Config:
-  """The T5 v1.1 encoder config called `name` (small/base/large/xl/xxl), with `overrides` applied."""
+  """The T5 v1.1 encoder config `name` (small/base/large/xl/xxl), with `overrides` applied."""
   if name not in PRESETS:
     raise ValueError(f"Unknown T5 preset {name!r}; choose one of {sorted(PRESETS)}.")
   return T5Config(**{**PRESETS[name], **overrides})
@@ -99,12 +99,12 @@ def relative_position_buckets(query_length: int, key_length: int, num_buckets: i
 
 
 def _normal(stddev: float, axes: tuple[str, ...]):
-  """A normal initializer (stddev as in transformers' T5 `_init_weights`) with logical axis names."""
+  """Normal initializer (stddev as in transformers' T5 `_init_weights`) with logical axes."""
   return nn.with_logical_partitioning(nn.initializers.normal(stddev), axes)
 
 
 class T5LayerNorm(nn.Module):
-  """RMS norm without mean subtraction or bias, in float32; returns `dtype`. (..., D) -> (..., D)."""
+  """RMS norm, no mean subtraction or bias, in float32; returns `dtype`. (..., D) -> (..., D)."""
 
   config: T5Config
 
@@ -187,7 +187,7 @@ class T5Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, mask):
-    """tokens (B, L) int; mask (B, L) bool (False = padding) -> last hidden states (B, L, D) float32.
+    """tokens (B, L) int; mask (B, L) bool (False = padding) -> hidden states (B, L, D) float32.
 
     Outputs at padded positions are computed like every other position (as transformers does);
     callers mask them.

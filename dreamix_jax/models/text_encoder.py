@@ -2,8 +2,8 @@
 
 The rest of the project sees only the `TextEmbedder` protocol: `embedder(prompts)` gives float32
 embeddings (B, L, D) and a bool mask (B, L) with L = `max_length`, and `embedder.null(B)` gives the
-classifier-free-guidance null condition (zeros, all masked). Embeddings are zero at padded positions,
-so the null embedding is what a fully masked prompt looks like.
+classifier-free-guidance null condition (zeros, all masked). Embeddings are zero at padded
+positions, so the null embedding is what a fully masked prompt looks like.
 
 Three embedders implement it:
 - `t5_embedder`: runs the Flax T5 encoder (weights from a Hugging Face directory), optionally
@@ -190,7 +190,7 @@ class T5TextEncoder:
     self._apply = jax.jit(apply)
 
   def tokenize(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids int32 (B, L) and mask bool (B, L), truncating (with a warning) to L = max_length."""
+    """Token ids int32 (B, L) and mask bool (B, L), truncated (with a warning) to max_length."""
     prompts = _check_prompts(prompts)
     for prompt, ids in zip(prompts, self.tokenizer(prompts)["input_ids"]):
       if len(ids) > self.max_length:
@@ -307,15 +307,16 @@ def cached_embedder(cache_dir: str, *, max_length: int | None = None) -> CachedE
   """
   cache = EmbeddingCache(cache_dir)
   if not os.path.isfile(cache.info_path):
-    raise FileNotFoundError(f"{cache.info_path} not found: {cache_dir!r} is not an embedding cache. "
-                            "Build it with python -m dreamix_jax.tools.encode_prompts --t5=<T5 dir> "
-                            f"--prompts=<file> --out={cache_dir}")
+    raise FileNotFoundError(f"{cache.info_path} not found: {cache_dir!r} is not an embedding "
+                            "cache. Build it with python -m dreamix_jax.tools.encode_prompts "
+                            f"--t5=<T5 dir> --prompts=<file> --out={cache_dir}")
   encoders = [e for e in cache.encoders() if max_length is None or e["max_length"] == max_length]
   if len(encoders) != 1:
     found = [(e["fingerprint"][:12], e["max_length"], e.get("source")) for e in cache.encoders()]
     raise ValueError(f"The cache {cache_dir} must hold exactly one encoder"
                      f"{'' if max_length is None else f' with max_length {max_length}'}; it holds "
-                     f"(fingerprint, max_length, source) {found}. Use a cache directory per encoder.")
+                     f"(fingerprint, max_length, source) {found}. Use one cache directory per "
+                     "encoder.")
   return CachedEmbedder(cache_dir, encoders[0])
 
 

@@ -42,7 +42,7 @@ def read_prompts(path: str) -> list[str]:
 
 def encode_prompts(t5_dir: str, prompts_file: str, out_dir: str, *, max_length: int,
                    dtype: str = "float32", batch_size: int = 32) -> text_encoder.T5TextEncoder:
-  """Encodes every prompt of `prompts_file` missing from the cache `out_dir`; returns the encoder."""
+  """Encodes the prompts of `prompts_file` missing from the cache `out_dir`; returns the encoder."""
   prompts = read_prompts(prompts_file)
   embedder = text_encoder.t5_embedder(t5_dir, max_length=max_length, dtype=dtype,
                                       cache_dir=out_dir, max_batch=batch_size)

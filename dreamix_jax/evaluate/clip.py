@@ -88,6 +88,9 @@ class ClipConfig:
   def from_hf(cls, hf_config) -> ClipConfig:
     """Builds the config from a `transformers.CLIPConfig`."""
     vc, tc = hf_config.vision_config, hf_config.text_config
+    if tc.eos_token_id is None:
+      raise ValueError("The CLIP text config has no eos_token_id; set it to the tokenizer's "
+                       "end-of-text id (text pooling happens at that token).")
 
     def tower(c) -> TowerConfig:
       return TowerConfig(c.hidden_size, c.intermediate_size, c.num_hidden_layers,
@@ -123,6 +126,18 @@ class SelfAttention(nn.Module):
     return nn.Dense(self.hidden_size, precision=_PRECISION, name="out_proj")(out)
 
 
+class MLP(nn.Module):
+  """fc1 -> activation -> fc2."""
+  config: TowerConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: (B, L, D) -> (B, L, D)."""
+    h = nn.Dense(self.config.intermediate_size, precision=_PRECISION, name="fc1")(x)
+    h = _ACTIVATIONS[self.config.hidden_act](h)
+    return nn.Dense(self.config.hidden_size, precision=_PRECISION, name="fc2")(h)
+
+
 class EncoderLayer(nn.Module):
   """Pre-LN transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
   config: TowerConfig
@@ -136,18 +151,6 @@ class EncoderLayer(nn.Module):
     h = nn.LayerNorm(epsilon=c.layer_norm_eps, name="layer_norm2")(x)
     h = MLP(c, name="mlp")(h)
     return x + h
-
-
-class MLP(nn.Module):
-  """fc1 -> activation -> fc2."""
-  config: TowerConfig
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """x: (B, L, D) -> (B, L, D)."""
-    h = nn.Dense(self.config.intermediate_size, precision=_PRECISION, name="fc1")(x)
-    h = _ACTIVATIONS[self.config.hidden_act](h)
-    return nn.Dense(self.config.hidden_size, precision=_PRECISION, name="fc2")(h)
 
 
 class Encoder(nn.Module):

@@ -1,0 +1,1 @@
+"""Evaluation: the moving-shapes pixel probe and video metrics."""

@@ -1,0 +1,68 @@
+"""Helpers for `configs/`: argument strings and stage/cascade ConfigDicts.
+
+Config files follow big_vision: `get_config(arg=None)` where `arg` is a comma-separated string such as
+`"runlocal,video=clip.mp4,prompt=a red circle"`; `parse_arg` turns it into a locked ConfigDict of typed
+defaults, so a misspelt key is an error.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """Parses `"a=1,flag,b=x"` against `defaults` (which fix each key's type).
+
+  A bare name sets a boolean default to True. Unknown keys are errors listing the valid ones.
+  """
+  out = ml_collections.ConfigDict(defaults)
+  if not arg:
+    out.lock()
+    return out
+  for part in arg.split(","):
+    part = part.strip()
+    if not part:
+      continue
+    key, has_value, value = part.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(f"Unknown config argument {key!r}; valid arguments: {sorted(defaults)}.")
+    default = defaults[key]
+    if not has_value:
+      if not isinstance(default, bool):
+        raise ValueError(f"Config argument {key!r} needs a value ({key}=...).")
+      out[key] = True
+    elif isinstance(default, bool):
+      if value.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"Config argument {key}={value!r} must be true or false.")
+      out[key] = value.lower() in ("true", "1")
+    elif default is None or isinstance(default, str):
+      out[key] = value
+    else:
+      out[key] = type(default)(value)
+  out.lock()
+  return out
+
+
+def stage(kind: str, frames: int, height: int, width: int, fps: float, *, factor: int = 1,
+          unet: dict, sampler: dict, cond_aug_t: float = 0.0, cond_aug_max_t: float = 0.0,
+          chunk_frames: int = 0, finetune: bool = True) -> ml_collections.ConfigDict:
+  """One stage's ConfigDict (fields of `dreamix_jax.cascade.Stage`)."""
+  unet = dict(unet)
+  unet.setdefault("conditional", kind != "base")
+  return ml_collections.ConfigDict(dict(
+      kind=kind, frames=frames, height=height, width=width, fps=fps, factor=factor, unet=unet,
+      sampler=dict(sampler), cond_aug_t=cond_aug_t, cond_aug_max_t=cond_aug_max_t,
+      chunk_frames=chunk_frames, finetune=finetune))
+
+
+def cascade(name: str, stages: dict[str, ml_collections.ConfigDict], *, text_len: int,
+            text_dim: int, logsnr_min: float = -20.0, logsnr_max: float = 20.0
+            ) -> ml_collections.ConfigDict:
+  """A cascade ConfigDict; stage order is the dict's order."""
+  return ml_collections.ConfigDict(dict(
+      name=name, order=tuple(stages), stages=stages,
+      schedule=dict(logsnr_min=logsnr_min, logsnr_max=logsnr_max),
+      text=dict(max_length=text_len, dim=text_dim)))

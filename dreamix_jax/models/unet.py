@@ -1,0 +1,241 @@
+"""The space-time U-Net of every cascade stage (base, temporal SR, spatial SR), config-driven.
+
+Layout: Imagen's Efficient U-Net (Saharia et al. 2022, App. B.1) made space-time separable as in
+Imagen Video. A down block *first* downsamples (strided 3×3 conv, except at the top level) and then
+runs its residual blocks; an up block runs its residual blocks and *then* upsamples. Each level keeps
+one long skip connection from its down block to its up block, and — our reading of Efficient U-Net's
+"skip connections scaled by 1/√2" — those long skips are multiplied by 1/√2 before concatenation.
+
+After every residual block an SR stage (or any stage with `temporal_conv`) applies a residual temporal
+convolution; levels in `temporal_attn_levels` add temporal self-attention (the base stage). Levels in
+`attn_levels` have spatial self-attention with the text tokens appended to its keys/values; levels in
+`cross_attn_levels` attend to the text only.
+
+Conditioning: the log-SNR (per example `(B,)` or per frame `(B, T)`) is embedded per frame; the
+attention-pooled text embedding is added to it; SR stages concatenate the (already upsampled, already
+noise-augmented) low-resolution video to `z` and add an embedding of its augmentation log-SNR.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from dreamix_jax.models import layers
+
+_SKIP_SCALE = 2.0 ** -0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetConfig:
+  """Architecture of one stage's denoiser.
+
+  channels: width of the top level; level i has `channels * channel_mult[i]` channels.
+  num_res_blocks: residual blocks per level (Efficient U-Net: more at low resolution).
+  attn_levels / cross_attn_levels / temporal_attn_levels: level indices (0 = full resolution).
+  temporal_conv: a residual temporal convolution after every residual block.
+  conditional: an SR stage (concatenates the low-resolution video, conditions on its noise level).
+  """
+
+  channels: int = 32
+  channel_mult: tuple[int, ...] = (1, 2, 3)
+  num_res_blocks: tuple[int, ...] = (1, 1, 1)
+  attn_levels: tuple[int, ...] = (2,)
+  cross_attn_levels: tuple[int, ...] = ()
+  temporal_attn_levels: tuple[int, ...] = (2,)
+  temporal_conv: bool = True
+  head_dim: int = 32
+  dropout: float = 0.0
+  conditional: bool = False
+  out_channels: int = 3
+  dtype: str = "float32"
+  remat: bool = False
+
+  def __post_init__(self):
+    if len(self.channel_mult) != len(self.num_res_blocks):
+      raise ValueError(f"channel_mult {self.channel_mult} and num_res_blocks {self.num_res_blocks} "
+                       "must have one entry per level.")
+    levels = len(self.channel_mult)
+    for field in ("attn_levels", "cross_attn_levels", "temporal_attn_levels"):
+      bad = [lvl for lvl in getattr(self, field) if not 0 <= lvl < levels]
+      if bad:
+        raise ValueError(f"{field} {bad} out of range: the U-Net has levels 0..{levels - 1}.")
+    for mult in self.channel_mult:
+      if (self.channels * mult) % self.head_dim:
+        raise ValueError(f"channels×mult = {self.channels * mult} is not divisible by head_dim "
+                         f"{self.head_dim}.")
+
+  @classmethod
+  def from_config(cls, cfg: ml_collections.ConfigDict | dict) -> "UNetConfig":
+    d = dict(cfg)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+      raise ValueError(f"Unknown U-Net config fields {unknown}; valid fields: {sorted(names)}.")
+    for k, v in d.items():
+      if isinstance(v, list):
+        d[k] = tuple(v)
+    return cls(**d)
+
+  @property
+  def downsample_factor(self) -> int:
+    return 2 ** (len(self.channel_mult) - 1)
+
+
+class SpaceTimeUNet(nn.Module):
+  """Denoiser `v̂ = f(z, λ, text)`; see the module docstring. Shapes:
+
+  z: (B, T, H, W, C_in); logsnr: (B,) or (B, T); text: (B, L, D); text_mask: (B, L) bool;
+  cond: (B, T, H, W, 3) upsampled low-res video (SR stages); cond_logsnr: (B,) or (B, T);
+  temporal_mask: (B,) flags (1 = frames are independent images) or (B, T, T) bool.
+  Returns v̂: (B, T, H, W, out_channels) in float32.
+  """
+
+  config: UNetConfig
+
+  @nn.compact
+  def __call__(self, z, logsnr, text, text_mask, *, cond=None, cond_logsnr=None,
+               temporal_mask=None, train=False):
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    b, t, h, w, _ = z.shape
+    if h % cfg.downsample_factor or w % cfg.downsample_factor:
+      raise ValueError(f"Frame size {h}×{w} is not divisible by the U-Net's downsampling factor "
+                       f"{cfg.downsample_factor} ({len(cfg.channel_mult)} levels).")
+    if cfg.conditional != (cond is not None):
+      raise ValueError("An SR stage (conditional=True) needs `cond` and `cond_logsnr`; a base "
+                       "stage takes neither.")
+    if temporal_mask is None:
+      temporal_mask = jnp.zeros((b,), jnp.float32)
+
+    emb_dim = cfg.channels * 4
+    emb = layers.LogSNREmbedding(cfg.channels, t, dtype=dtype, name="time_emb")(logsnr)
+    text = layers.layer_norm(text.astype(dtype), dtype=dtype, name="text_norm")
+    emb = emb + layers.TextPooling(emb_dim, dtype=dtype, name="text_pool")(text, text_mask)[:, None]
+    x = z
+    if cfg.conditional:
+      if cond.shape[:4] != z.shape[:4]:
+        raise ValueError(f"cond {cond.shape} must be upsampled to z's frames and size {z.shape[:4]}.")
+      x = jnp.concatenate([z, cond], axis=-1)
+      emb = emb + layers.LogSNREmbedding(cfg.channels, t, dtype=dtype, name="cond_emb")(cond_logsnr)
+    emb = emb.reshape(b * t, emb_dim)
+
+    x = layers.conv(cfg.channels, (3, 3), dtype=dtype, name="stem")(
+        layers.fold_frames(x.astype(dtype)))
+    block = nn.remat(_Block, static_argnums=(6,)) if cfg.remat else _Block
+
+    skips = []
+    for level, mult in enumerate(cfg.channel_mult):
+      if level > 0:
+        x = layers.conv(x.shape[-1], (3, 3), strides=2, dtype=dtype, name=f"down_{level}")(x)
+      for i in range(cfg.num_res_blocks[level]):
+        x = block(cfg, level, cfg.channels * mult, name=f"down_{level}_{i}")(
+            x, emb, text, text_mask, temporal_mask, train)
+      skips.append(x)
+
+    x = block(cfg, len(cfg.channel_mult) - 1, x.shape[-1], force_attention=True, name="middle")(
+        x, emb, text, text_mask, temporal_mask, train)
+
+    for level in reversed(range(len(cfg.channel_mult))):
+      x = jnp.concatenate([x, skips.pop() * _SKIP_SCALE], axis=-1)
+      for i in range(cfg.num_res_blocks[level]):
+        x = block(cfg, level, cfg.channels * cfg.channel_mult[level], name=f"up_{level}_{i}")(
+            x, emb, text, text_mask, temporal_mask, train)
+      if level > 0:
+        n, hh, ww, c = x.shape
+        x = jax.image.resize(x, (n, 2 * hh, 2 * ww, c), "nearest")
+        x = layers.conv(cfg.channels * cfg.channel_mult[level - 1], (3, 3), dtype=dtype,
+                        name=f"up_{level}")(x)
+
+    x = nn.swish(layers.group_norm(x, dtype=dtype, name="out_norm"))
+    x = layers.conv(cfg.out_channels, (3, 3), zero_init=True, dtype=dtype, name="out")(x)
+    return layers.unfold_frames(x, b).astype(jnp.float32)
+
+
+class _Block(nn.Module):
+  """One residual block and the attention/temporal layers its level calls for. x: (B·T, H, W, C)."""
+
+  config: UNetConfig
+  level: int
+  out_channels: int
+  force_attention: bool = False
+
+  @nn.compact
+  def __call__(self, x, emb, text, text_mask, temporal_mask, train):
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    b = text.shape[0]
+    x = layers.ResBlock(self.out_channels, cfg.dropout, dtype=dtype, name="res")(x, emb, train=train)
+    if cfg.temporal_conv:
+      x = layers.fold_frames(layers.TemporalConv(dtype=dtype, name="temporal_conv")(
+          layers.unfold_frames(x, b), temporal_mask))
+    heads = self.out_channels // cfg.head_dim
+    if self.level in cfg.attn_levels or self.level in cfg.cross_attn_levels or self.force_attention:
+      self_attn = self.level in cfg.attn_levels or self.force_attention
+      x = layers.SpatialAttention(heads, self_attention=self_attn, dtype=dtype, name="attn")(
+          x, text, text_mask)
+    if self.level in cfg.temporal_attn_levels:
+      x = layers.fold_frames(layers.TemporalAttention(heads, dtype=dtype, name="temporal_attn")(
+          layers.unfold_frames(x, b), temporal_mask))
+    return x
+
+
+Denoiser = Callable[..., jax.Array]
+
+
+def make_denoiser(config: UNetConfig) -> tuple[SpaceTimeUNet, Denoiser]:
+  """The module and its pure apply function, the interface every other part of the project uses:
+
+  `apply(params, z, logsnr, text, text_mask, *, cond=None, cond_logsnr=None, temporal_mask=None,
+  train=False, rng=None) -> v̂`. `rng` feeds dropout when `train` is True.
+  """
+  model = SpaceTimeUNet(config)
+
+  def apply(params, z, logsnr, text, text_mask, *, cond=None, cond_logsnr=None,
+            temporal_mask=None, train=False, rng=None):
+    rngs = {"dropout": rng} if (train and rng is not None) else None
+    return model.apply({"params": params}, z, logsnr, text, text_mask, cond=cond,
+                       cond_logsnr=cond_logsnr, temporal_mask=temporal_mask, train=train, rngs=rngs)
+
+  return model, apply
+
+
+def init_params(config: UNetConfig, rng, *, frames, height, width, text_len, text_dim,
+                in_channels=3) -> Any:
+  """Initialises a stage's parameters (logical-partitioning boxes removed) for the given shapes."""
+  model = SpaceTimeUNet(config)
+  args, kwargs = _example_inputs(config, frames, height, width, text_len, text_dim, in_channels)
+  init = jax.jit(lambda r, a, k: nn.meta.unbox(model.init(r, *a, **k)["params"]))
+  return init(rng, args, kwargs)
+
+
+def abstract_params(config: UNetConfig, *, frames, height, width, text_len, text_dim,
+                    in_channels=3):
+  """Parameter shapes (`jax.ShapeDtypeStruct`s, boxed with logical names) without any memory."""
+  model = SpaceTimeUNet(config)
+  args, kwargs = _example_inputs(config, frames, height, width, text_len, text_dim, in_channels,
+                                 abstract=True)
+  return jax.eval_shape(lambda r, a, k: model.init(r, *a, **k)["params"], jax.random.PRNGKey(0),
+                        args, kwargs)
+
+
+def count_params(params) -> int:
+  return sum(int(x.size) for x in jax.tree_util.tree_leaves(nn.meta.unbox(params)))
+
+
+def _example_inputs(config, frames, height, width, text_len, text_dim, in_channels, abstract=False):
+  make = (lambda shape, dt: jax.ShapeDtypeStruct(shape, dt)) if abstract else jnp.zeros
+  z = make((1, frames, height, width, in_channels), jnp.float32)
+  logsnr = make((1,), jnp.float32)
+  text = make((1, text_len, text_dim), jnp.float32)
+  mask = make((1, text_len), jnp.bool_)
+  kwargs = {}
+  if config.conditional:
+    kwargs = dict(cond=make((1, frames, height, width, 3), jnp.float32),
+                  cond_logsnr=make((1,), jnp.float32))
+  return (z, logsnr, text, mask), kwargs

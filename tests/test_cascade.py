@@ -1,0 +1,96 @@
+"""Cascade: resize ops, stage validation, paper-scale sizes, tiny cascade sampling with chunking."""
+
+import importlib.util
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dreamix_jax import cascade as cascade_lib
+from dreamix_jax.tools import summary
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_config(relpath, arg=None):
+  spec = importlib.util.spec_from_file_location("cfg", ROOT / relpath)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def test_resize_ops():
+  v = jnp.arange(2 * 4 * 4 * 6 * 3, dtype=jnp.float32).reshape(2, 4, 4, 6, 3)
+  down = cascade_lib.area_downsample(v, 2)
+  assert down.shape == (2, 4, 2, 3, 3)
+  np.testing.assert_allclose(down[0, 0, 0, 0], v[0, 0, :2, :2].mean(axis=(0, 1)))
+  np.testing.assert_allclose(down.mean(), v.mean(), rtol=1e-6)  # area resize keeps the mean
+  np.testing.assert_array_equal(cascade_lib.skip_frames(v, 2), v[:, [0, 2]])
+  rep = cascade_lib.repeat_frames(v, 2)
+  np.testing.assert_array_equal(rep[:, 2], v[:, 1])
+  np.testing.assert_array_equal(rep[:, 3], v[:, 1])
+  up = cascade_lib.bilinear_upsample(jnp.ones((1, 2, 3, 5, 3)) * 0.25, 4)
+  assert up.shape == (1, 2, 12, 20, 3)
+  np.testing.assert_allclose(up, 0.25, atol=1e-6)  # constant stays constant
+  with pytest.raises(ValueError, match="not divisible"):
+    cascade_lib.area_downsample(v, 3)
+
+
+PAPER_PARAMS = dict(base=5.6e9, tsr1=1.7e9, ssr1=1.4e9, ssr2=1.2e9, tsr2=780e6, tsr3=630e6,
+                    ssr3=340e6)
+PAPER_SHAPES = dict(base="16×24×40", tsr1="32×24×40", ssr1="32×48×80", ssr2="32×192×320",
+                    tsr2="64×192×320", tsr3="128×192×320", ssr3="128×768×1280")
+
+
+def test_imagen_video_config_matches_paper_table_within_15_percent():
+  cascade = cascade_lib.Cascade.from_config(load_config("configs/cascades/imagen_video.py"))
+  rows = summary.summary_rows(cascade)
+  assert [r[0] for r in rows] == list(PAPER_PARAMS)
+  for name, kind, shape, n in rows:
+    assert shape == PAPER_SHAPES[name]
+    assert abs(n / PAPER_PARAMS[name] - 1) <= 0.15, (name, n)
+  assert [s.name for s in cascade.stages if s.finetune] == ["base", "ssr1", "ssr2"]
+  assert cascade.stage("ssr3").chunk_frames == 32
+  assert "total" in summary.format_table(rows)
+
+
+def test_tiny_variants_keep_the_stage_structure():
+  for path in ("configs/cascades/imagen_video.py", "configs/cascades/shapes.py"):
+    full = cascade_lib.Cascade.from_config(load_config(path))
+    tiny = cascade_lib.Cascade.from_config(load_config(path, "tiny"))
+    assert [(s.name, s.kind, s.factor) for s in tiny.stages] == \
+           [(s.name, s.kind, s.factor) for s in full.stages]
+
+
+def test_cascade_validation_errors():
+  cfg = load_config("configs/cascades/shapes.py", "tiny")
+  cfg.stages.tsr.frames = 6  # no longer 2× the base's 4 frames
+  with pytest.raises(ValueError, match="expects input"):
+    cascade_lib.Cascade.from_config(cfg)
+  cfg = load_config("configs/cascades/shapes.py", "tiny")
+  cfg.stages.base.height = 7
+  with pytest.raises(ValueError, match="not divisible"):
+    cascade_lib.Cascade.from_config(cfg)
+  with pytest.raises(KeyError, match="No stage"):
+    cascade_lib.Cascade.from_config(load_config("configs/cascades/shapes.py", "tiny")).stage("x")
+
+
+def test_tiny_cascade_samples_every_stage_with_chunking():
+  cascade = cascade_lib.Cascade.from_config(load_config("configs/cascades/shapes.py", "tiny"))
+  params = {s.name: cascade.init_params(jax.random.PRNGKey(i), s)
+            for i, s in enumerate(cascade.stages)}
+  text = jax.random.normal(jax.random.PRNGKey(9), (2, cascade.text_len, cascade.text_dim))
+  mask = jnp.ones((2, cascade.text_len), bool)
+  out = cascade.sample(params, text, mask, jax.random.PRNGKey(0))
+  assert {k: v.shape for k, v in out.items()} == {
+      "base": (2, 4, 8, 16, 3), "tsr": (2, 8, 8, 16, 3), "ssr": (2, 8, 16, 32, 3)}
+  for v in out.values():
+    assert float(jnp.abs(v).max()) <= 1.0
+  # Editing entry point: base from a given video at s = 0 returns that video exactly.
+  video = jnp.clip(jax.random.normal(jax.random.PRNGKey(1), (2, 4, 8, 16, 3)), -1, 1)
+  base = cascade.stages[0]
+  same = cascade.sample_stage(base, params["base"], text, mask, jax.random.PRNGKey(2),
+                              z_start=video, t_start=0.0)
+  np.testing.assert_array_equal(same, video)

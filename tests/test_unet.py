@@ -1,0 +1,158 @@
+"""Space-time U-Net: shapes, frame-mask invariances, vmapped variants, text masking, counts."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dreamix_jax.models import layers, unet
+
+B, T, H, W, L, D = 2, 5, 8, 16, 6, 12  # odd frame count on purpose
+
+BASE = unet.UNetConfig(channels=8, channel_mult=(1, 2), num_res_blocks=(1, 1), attn_levels=(1,),
+                       cross_attn_levels=(0,), temporal_attn_levels=(0, 1), temporal_conv=True,
+                       head_dim=8)
+SR = unet.UNetConfig(channels=8, channel_mult=(1, 2), num_res_blocks=(1, 1), attn_levels=(),
+                     cross_attn_levels=(1,), temporal_attn_levels=(), temporal_conv=True,
+                     head_dim=8, conditional=True)
+
+
+def _randomise(params, seed):
+  """Non-zero everywhere (the zero-initialised temporal/out layers too), so frames really interact."""
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+  return jax.tree_util.tree_unflatten(
+      tree, [x + 0.2 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+
+
+@pytest.fixture(scope="module")
+def fresh_params():
+  return unet.init_params(BASE, jax.random.PRNGKey(0), frames=T, height=H, width=W, text_len=L,
+                          text_dim=D)
+
+
+@pytest.fixture(scope="module")
+def base(fresh_params):
+  _, apply = unet.make_denoiser(BASE)
+  return _randomise(fresh_params, 1), jax.jit(apply)
+
+
+@pytest.fixture(scope="module")
+def inputs():
+  k = jax.random.split(jax.random.PRNGKey(2), 3)
+  z = jax.random.normal(k[0], (B, T, H, W, 3))
+  logsnr = jax.random.uniform(k[1], (B, T), minval=-5, maxval=5)
+  text = jax.random.normal(k[2], (B, L, D))
+  mask = jnp.array([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0]], bool)
+  return z, logsnr, text, mask
+
+
+def test_output_shapes_every_kind_and_odd_frames(base, inputs):
+  params, apply = base
+  z, logsnr, text, mask = inputs
+  out = apply(params, z, logsnr, text, mask, temporal_mask=jnp.zeros((B,)))
+  assert out.shape == (B, T, H, W, 3) and out.dtype == jnp.float32
+  assert bool(jnp.all(jnp.isfinite(out)))
+  # Per-example log-SNR and an SR stage with conditioning, 3 frames.
+  sr_params = unet.init_params(SR, jax.random.PRNGKey(3), frames=3, height=8, width=8, text_len=L,
+                               text_dim=D)
+  _, sr_apply = unet.make_denoiser(SR)
+  low = z[:, :3, :, :8]
+  out = sr_apply(sr_params, low, logsnr[:, 0], text, mask, cond=low, cond_logsnr=jnp.zeros((B,)))
+  assert out.shape == (B, 3, 8, 8, 3)
+
+
+def test_frame_mask_permutation_equivariance(base, inputs):
+  params, apply = base
+  z, logsnr, text, mask = inputs
+  perm = np.array([3, 0, 4, 1, 2])
+  on = jnp.ones((B,))
+  out = apply(params, z, logsnr, text, mask, temporal_mask=on)
+  out_perm = apply(params, z[:, perm], logsnr[:, perm], text, mask, temporal_mask=on)
+  np.testing.assert_allclose(out_perm, out[:, perm], atol=1e-5)
+
+
+def test_frame_mask_isolates_frames_and_unmasked_mixes(base, inputs):
+  params, apply = base
+  z, logsnr, text, mask = inputs
+  z2 = z.at[:, 2].add(1.0)
+  for flag, should_mix in ((1.0, False), (0.0, True)):
+    tm = jnp.full((B,), flag)
+    diff = jnp.abs(apply(params, z2, logsnr, text, mask, temporal_mask=tm) -
+                   apply(params, z, logsnr, text, mask, temporal_mask=tm))
+    others = np.asarray(diff[:, [0, 1, 3, 4]].max())
+    assert float(diff[:, 2].max()) > 1e-3
+    if should_mix:
+      assert others > 1e-3, "with temporal layers on, changing frame 2 must change other frames"
+    else:
+      assert others == 0.0, "with the frame mask on, other frames must not change at all"
+
+
+def test_identity_attention_mask_array_equals_flag(base, inputs):
+  params, apply = base
+  z, logsnr, text, mask = inputs
+  eye = jnp.broadcast_to(jnp.eye(T, dtype=bool), (B, T, T))
+  np.testing.assert_allclose(apply(params, z, logsnr, text, mask, temporal_mask=eye),
+                             apply(params, z, logsnr, text, mask, temporal_mask=jnp.ones((B,))),
+                             atol=1e-6)
+
+
+def test_vmapped_variants_equal_separate_calls(base, inputs):
+  params, apply = base
+  z, logsnr, text, mask = inputs
+  masks = jnp.stack([jnp.zeros((B,)), jnp.ones((B,))])
+  zs = jnp.stack([z, z[:, ::-1]])
+  both = jax.vmap(lambda zz, tm: apply(params, zz, logsnr, text, mask, temporal_mask=tm))(zs, masks)
+  np.testing.assert_allclose(both[0], apply(params, zs[0], logsnr, text, mask,
+                                            temporal_mask=masks[0]), atol=1e-5)
+  np.testing.assert_allclose(both[1], apply(params, zs[1], logsnr, text, mask,
+                                            temporal_mask=masks[1]), atol=1e-5)
+
+
+def test_padding_tokens_are_ignored_and_null_text_is_finite(base, inputs):
+  params, apply = base
+  z, logsnr, text, mask = inputs
+  tm = jnp.zeros((B,))
+  noisy_pad = jnp.where(mask[..., None], text, 100.0)
+  np.testing.assert_allclose(apply(params, z, logsnr, noisy_pad, mask, temporal_mask=tm),
+                             apply(params, z, logsnr, text, mask, temporal_mask=tm), atol=1e-5)
+  null = apply(params, z, logsnr, jnp.zeros_like(text), jnp.zeros_like(mask), temporal_mask=tm)
+  assert bool(jnp.all(jnp.isfinite(null)))
+
+
+def test_fresh_temporal_layers_are_identity(base, fresh_params, inputs):
+  """Zero-initialised temporal output projections: a new model ignores the frame mask."""
+  _, apply = base
+  z, logsnr, text, mask = inputs
+  # Make only the final output layer non-zero so the output is informative.
+  params = dict(fresh_params)
+  params["out"] = jax.tree_util.tree_map(lambda x: x + 0.1, params["out"])
+  args = (z, logsnr, text, mask)
+  out_masked = apply(params, *args, temporal_mask=jnp.ones((B,)))
+  assert float(jnp.abs(out_masked).max()) > 1e-3
+  np.testing.assert_allclose(out_masked, apply(params, *args, temporal_mask=jnp.zeros((B,))),
+                             atol=1e-6)
+
+
+def test_parameter_count_exact_and_abstract_matches(fresh_params):
+  abstract = unet.abstract_params(BASE, frames=T, height=H, width=W, text_len=L, text_dim=D)
+  concrete = fresh_params
+  assert unet.count_params(abstract) == unet.count_params(concrete)
+def test_bad_shapes_and_config_errors():
+  with pytest.raises(ValueError, match="divisible"):
+    unet.init_params(BASE, jax.random.PRNGKey(0), frames=2, height=7, width=16, text_len=L,
+                     text_dim=D)
+  with pytest.raises(ValueError, match="out of range"):
+    unet.UNetConfig(channel_mult=(1, 2), num_res_blocks=(1, 1), attn_levels=(3,))
+  with pytest.raises(ValueError, match="Unknown U-Net config fields"):
+    unet.UNetConfig.from_config({"chanels": 8})
+
+
+def test_relative_position_buckets_symmetric_and_bounded():
+  b = np.asarray(layers.relative_position_buckets(40, num_buckets=32, max_distance=64))
+  assert b.min() >= 0 and b.max() < 32
+  assert np.all(np.diag(b) == 0)
+  assert len(np.unique(b[0])) > 8  # distinct buckets for distinct forward offsets
+  assert not np.array_equal(b, b.T)  # bidirectional: forward and backward offsets differ

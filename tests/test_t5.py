@@ -334,6 +334,8 @@ def test_cli_builds_cache_for_cached_embedder(hf, tmp_path):
   out = str(tmp_path / "cli_cache")
   argv = ["encode_prompts", f"--t5={hf['dirs']['sharded']}", f"--prompts={prompts_file}",
           f"--out={out}", f"--max_length={MAX_LENGTH}"]
+  if "prompts" not in flags.FLAGS:
+    encode_prompts.define_flags()
   flags.FLAGS(argv)
   try:
     encode_prompts.main(argv[:1])

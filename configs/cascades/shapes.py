@@ -54,4 +54,4 @@ def _tiny():
           cross_attn_levels=(1,), temporal_attn_levels=(), temporal_conv=True, head_dim=8),
           sampler=sr_sampler, cond_aug_t=0.15, cond_aug_max_t=0.3, chunk_frames=4),
   )
-  return cu.cascade("shapes_tiny", stages, text_len=8, text_dim=16)
+  return cu.cascade("shapes_tiny", stages, text_len=TEXT_LEN, text_dim=TEXT_DIM)

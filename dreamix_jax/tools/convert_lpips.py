@@ -17,9 +17,12 @@ from absl import logging
 
 from dreamix_jax.evaluate import lpips
 
-_BACKBONE = flags.DEFINE_string("backbone", None, "torchvision vgg16-*.pth or alexnet-*.pth.")
-_HEADS = flags.DEFINE_string("heads", None, "lpips weights/v0.1/{vgg,alex}.pth.")
-_OUT = flags.DEFINE_string("out", None, "Output .safetensors path.")
+def define_flags():
+  """Registers this tool's flags (only when it runs as a program, so importing it defines none)."""
+  flags.DEFINE_string("backbone", None, "torchvision vgg16-*.pth or alexnet-*.pth.")
+  flags.DEFINE_string("heads", None, "lpips weights/v0.1/{vgg,alex}.pth.")
+  flags.DEFINE_string("out", None, "Output .safetensors path.")
+  flags.mark_flags_as_required(["backbone", "heads", "out"])
 
 
 def convert(backbone_path: str, heads_path: str, out_path: str) -> str:
@@ -34,10 +37,11 @@ def convert(backbone_path: str, heads_path: str, out_path: str) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}.")
-  net = convert(_BACKBONE.value, _HEADS.value, _OUT.value)
-  logging.info("Wrote LPIPS-%s weights to %s.", net, _OUT.value)
+  f = flags.FLAGS
+  net = convert(f.backbone, f.heads, f.out)
+  logging.info("Wrote LPIPS-%s weights to %s.", net, f.out)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["backbone", "heads", "out"])
+  define_flags()
   app.run(main)

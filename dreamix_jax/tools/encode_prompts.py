@@ -18,13 +18,16 @@ from absl import logging
 
 from dreamix_jax.models import text_encoder
 
-_T5 = flags.DEFINE_string("t5", None, "Local Hugging Face T5 v1.1 directory (weights, tokenizer).")
-_PROMPTS = flags.DEFINE_string("prompts", None, "Text file with one prompt per line.")
-_OUT = flags.DEFINE_string("out", None, "Embedding cache directory to fill.")
-_MAX_LENGTH = flags.DEFINE_integer("max_length", text_encoder.DEFAULT_MAX_LENGTH,
-                                   "Token length L of the embeddings.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "T5 compute dtype.")
-_BATCH = flags.DEFINE_integer("batch_size", 32, "Prompts encoded per jitted call.")
+def define_flags():
+  """Registers this tool's flags (only when it runs as a program, so importing it defines none)."""
+  flags.DEFINE_string("t5", None, "Local Hugging Face T5 v1.1 directory (weights, tokenizer).")
+  flags.DEFINE_string("prompts", None, "Text file with one prompt per line.")
+  flags.DEFINE_string("out", None, "Embedding cache directory to fill.")
+  flags.DEFINE_integer("max_length", text_encoder.DEFAULT_MAX_LENGTH,
+                       "Token length L of the embeddings.")
+  flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "T5 compute dtype.")
+  flags.DEFINE_integer("batch_size", 32, "Prompts encoded per jitted call.")
+  flags.mark_flags_as_required(["t5", "prompts", "out"])
 
 
 def read_prompts(path: str) -> list[str]:
@@ -59,10 +62,11 @@ def encode_prompts(t5_dir: str, prompts_file: str, out_dir: str, *, max_length: 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  encode_prompts(_T5.value, _PROMPTS.value, _OUT.value, max_length=_MAX_LENGTH.value,
-                 dtype=_DTYPE.value, batch_size=_BATCH.value)
+  f = flags.FLAGS
+  encode_prompts(f.t5, f.prompts, f.out, max_length=f.max_length, dtype=f.dtype,
+                 batch_size=f.batch_size)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["t5", "prompts", "out"])
+  define_flags()
   app.run(main)

@@ -6,12 +6,16 @@
 from __future__ import annotations
 
 from absl import app
+from absl import flags
 from ml_collections import config_flags
 
 from dreamix_jax import cascade as cascade_lib
 from dreamix_jax.models import unet
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "A cascade config file.", lock_config=True)
+
+def define_flags():
+  """Registers this tool's flags (only when it runs as a program, so importing it defines none)."""
+  config_flags.DEFINE_config_file("config", None, "A cascade config file.", lock_config=True)
 
 
 def summary_rows(cascade: cascade_lib.Cascade) -> list[tuple[str, str, str, int]]:
@@ -34,10 +38,11 @@ def format_table(rows) -> str:
 
 def main(argv):
   del argv
-  cfg = _CONFIG.value
+  cfg = flags.FLAGS.config
   print(f"cascade {cfg.name!r}")
   print(format_table(summary_rows(cascade_lib.Cascade.from_config(cfg))))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

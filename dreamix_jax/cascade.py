@@ -184,7 +184,7 @@ class Cascade:
     SR stage: conditioned on the previous stage's output `low`, in chunks of `stage.chunk_frames`
     input frames when set. Returns (B, T, H, W, 3) clipped to [−1, 1].
     """
-    fn = _compiled_stage_sampler(self, stage)
+    fn = _compiled_stage_sampler(stage, self.schedule)
     if stage.kind == "base":
       b = text.shape[0]
       k_noise, k_sample = jax.random.split(rng)
@@ -225,11 +225,11 @@ class Cascade:
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled_stage_sampler(cascade: Cascade, stage: Stage):
-  """One jitted sampler per (cascade, stage): params, text, seeds and `t_start` are arguments, so
-  new prompts, seeds and noise levels reuse the compiled program."""
+def _compiled_stage_sampler(stage: Stage, schedule: schedules.CosineLogSNR):
+  """One jitted sampler per (stage, schedule) — both frozen dataclasses, so equal configs share it.
+  Params, text, seeds and `t_start` are arguments: new prompts, seeds, noise levels and finetuned
+  weights reuse the compiled program."""
   _, apply = unet.make_denoiser(stage.unet)
-  schedule = cascade.schedule
 
   def run(params, text, text_mask, rng, z_start, t_start, low):
     kwargs = {}

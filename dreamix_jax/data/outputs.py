@@ -75,6 +75,7 @@ def _atomic_destination(path: str | os.PathLike) -> Iterator[str]:
   os.close(handle)
   try:
     yield temporary
+    os.chmod(temporary, 0o644)  # mkstemp makes 0600 files; outputs are ordinary readable files
     os.replace(temporary, destination)
   except BaseException:
     with contextlib.suppress(FileNotFoundError):

@@ -1,0 +1,1 @@
+"""Job configs (`get_config(arg)` files for --config)."""

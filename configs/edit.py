@@ -1,0 +1,29 @@
+"""Dreamix video editing: mixed finetuning on the input video, then edit it with text.
+
+  python -m dreamix_jax.main --config=configs/edit.py --workdir=/tmp/dreamix
+  python -m dreamix_jax.main --config=configs/edit.py:video=my.mp4,prompt="a blue square moving up on a gray background"
+  python -m dreamix_jax.main --config=configs/edit.py:runlocal --workdir=/tmp/edit   # tiny, random
+
+Defaults: the shipped moving-shapes clip and demo cascade; the paper's α = 0.35; noise level s = 0.8.
+Useful overrides: --config.finetune.steps, --config.finetune.alpha, --config.noise_levels='(0.7,0.9)',
+--config.finetune.enabled=False, --config.seeds='(0,1,2)'.
+"""
+
+from configs import common
+from dreamix_jax import config_utils as cu
+from dreamix_jax.dreamix import finetune
+
+
+def get_config(arg=None):
+  arg = cu.parse_arg(arg, runlocal=False, video="", prompt="")
+  config = common.base_config("edit", arg.runlocal)
+  config.input = arg.video or common.SHAPES_CLIP
+  config.prompts = (arg.prompt,) if arg.prompt else (
+      "a red circle moving left on a black background",)
+  config.noise_levels = (0.8,)
+  config.finetune = finetune.finetune_config(
+      alpha=0.35, steps=4 if arg.runlocal else 150, batch_size=1 if arg.runlocal else 4,
+      stages=("base", "tsr", "ssr"), log_every=2 if arg.runlocal else 10,
+      checkpoint_every=100)
+  config.finetune.optimizer.lr = 1e-4  # the toy cascade is tiny: a larger step than the paper
+  return config

@@ -1,0 +1,1 @@
+"""Jobs: plain `run(config, workdir)` functions dispatched by `dreamix_jax.main`."""

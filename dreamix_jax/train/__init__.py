@@ -1,0 +1,1 @@
+"""Training: state, optimizers, losses, the loop, checkpoints."""

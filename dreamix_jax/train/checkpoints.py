@@ -1,0 +1,194 @@
+"""Checkpoints: orbax managers for train states, safetensors files for exported parameters.
+
+Two formats, one purpose each:
+- A training run (pretrain or finetune of one stage) keeps an orbax `CheckpointManager` in its work
+  directory: the full `TrainState` plus a JSON item (config, data position), saved atomically
+  (orbax writes to a temporary directory and renames it), resumable.
+- A *cascade* is a directory with one `<stage>.safetensors` file of (EMA) parameters per stage and a
+  `cascade.json` with the cascade config. It is small, portable and has no pickle; this is what the
+  sampling/editing jobs read and what the repository ships. A finetuned cascade is written to its own
+  directory beside the pretrained one, never over it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Mapping
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import safetensors.numpy
+
+from dreamix_jax import cascade as cascade_lib
+
+CASCADE_CONFIG = "cascade.json"
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that is missing, incomplete or does not fit the configured model."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Parameter trees <-> flat safetensors.
+
+def flatten(params: Mapping) -> dict[str, np.ndarray]:
+  """{'a': {'b': x}} -> {'a/b': np.asarray(x)}."""
+  flat = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    flat["/".join(str(getattr(k, "key", k)) for k in path)] = np.asarray(leaf)
+  return flat
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict:
+  out: dict = {}
+  for name, value in flat.items():
+    node = out
+    *parents, leaf = name.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return out
+
+
+def save_params(path: str, params: Mapping, metadata: Mapping[str, str] | None = None) -> None:
+  """Writes `params` to a safetensors file atomically (temporary file, then rename)."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".safetensors")
+  os.close(fd)
+  try:
+    safetensors.numpy.save_file(flatten(params), tmp, metadata=dict(metadata or {}))
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def load_params(path: str, expected=None) -> dict:
+  """Reads a safetensors parameter file; with `expected` (a params or `eval_shape` tree) checks that
+  names and shapes match exactly, listing every difference."""
+  if not os.path.isfile(path):
+    raise CheckpointError(f"Parameter file {path!r} does not exist.")
+  flat = safetensors.numpy.load_file(path)
+  if expected is not None:
+    check_matches(flat, {k: v.shape for k, v in _flat_shapes(expected).items()}, path)
+  return unflatten(flat)
+
+
+def _flat_shapes(tree) -> dict[str, Any]:
+  return {"/".join(str(getattr(k, "key", k)) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def check_matches(flat: Mapping[str, np.ndarray], expected: Mapping[str, tuple], source: str):
+  missing = sorted(set(expected) - set(flat))
+  unexpected = sorted(set(flat) - set(expected))
+  wrong = [f"{k}: checkpoint {tuple(flat[k].shape)} vs model {tuple(expected[k])}"
+           for k in sorted(set(flat) & set(expected)) if tuple(flat[k].shape) != tuple(expected[k])]
+  if missing or unexpected or wrong:
+    lines = [f"{source} does not fit the configured model (was it made with a different config?)"]
+    for title, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+      if items:
+        lines.append(f"  {title} ({len(items)}): " + "; ".join(items[:20]) +
+                     (" ..." if len(items) > 20 else ""))
+    raise CheckpointError("\n".join(lines))
+
+
+# --------------------------------------------------------------------------------------------------
+# Cascade directories.
+
+def save_cascade_stage(directory: str, stage_name: str, params, cascade_config=None,
+                       metadata: Mapping[str, str] | None = None) -> str:
+  """Writes one stage's parameters (and, if given, the cascade config) into a cascade directory."""
+  path = os.path.join(directory, f"{stage_name}.safetensors")
+  save_params(path, params, metadata)
+  if cascade_config is not None:
+    write_json_atomic(os.path.join(directory, CASCADE_CONFIG), cascade_config.to_dict())
+  return path
+
+
+def load_cascade(directory: str, cascade: cascade_lib.Cascade,
+                 stages: list[str] | None = None) -> dict[str, Any]:
+  """{stage name: params} for `stages` (default: all), validated against the cascade's shapes."""
+  if not os.path.isdir(directory):
+    raise CheckpointError(f"Cascade checkpoint directory {directory!r} does not exist.")
+  out = {}
+  for name in stages or cascade.names:
+    path = os.path.join(directory, f"{name}.safetensors")
+    if not os.path.isfile(path):
+      present = sorted(f[:-len(".safetensors")] for f in os.listdir(directory)
+                       if f.endswith(".safetensors"))
+      raise CheckpointError(f"Cascade checkpoint {directory!r} has no stage {name!r} "
+                            f"(expected {path}); it has stages {present}.")
+    out[name] = load_params(path, cascade.abstract_params(cascade.stage(name)))
+  return out
+
+
+def read_cascade_config(directory: str) -> ml_collections.ConfigDict:
+  path = os.path.join(directory, CASCADE_CONFIG)
+  if not os.path.isfile(path):
+    raise CheckpointError(f"{path} is missing: a cascade directory records its config there.")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def write_json_atomic(path: str, obj) -> None:
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+  try:
+    with os.fdopen(fd, "w") as f:
+      json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def _json_default(x):
+  if isinstance(x, (tuple, set)):
+    return list(x)
+  if hasattr(x, "tolist"):
+    return x.tolist()
+  raise TypeError(f"Cannot write {type(x).__name__} to JSON.")
+
+
+# --------------------------------------------------------------------------------------------------
+# Train-state checkpoints (orbax).
+
+class TrainCheckpointer:
+  """Orbax manager for one training run: items `state` (a TrainState) and `meta` (JSON)."""
+
+  def __init__(self, directory: str, *, max_to_keep: int = 2):
+    self.directory = os.path.abspath(directory)
+    self._manager = ocp.CheckpointManager(
+        self.directory, item_names=("state", "meta"),
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def save(self, step: int, state, meta: Mapping[str, Any]) -> None:
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))), force=True)
+    self._manager.wait_until_finished()
+
+  def restore(self, template, step: int | None = None):
+    """(state, meta) of `step` (default: latest). `template`: a TrainState with the right shapes
+    (and shardings, where restoring onto a mesh)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"No checkpoint in {self.directory}.")
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    return restored["state"], restored["meta"]
+
+  def close(self) -> None:
+    self._manager.close()

@@ -1,0 +1,97 @@
+"""Train state, optimizers and the jitted train step shared by pretraining and finetuning.
+
+The step's randomness is `fold_in(seed_key, step)`, so a resumed run draws exactly the noise an
+uninterrupted one would. Non-finite losses or gradients never reach the parameters: the update is
+skipped and counted in `state.skipped` (the job decides whether to stop).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+OPTIMIZERS = ("adam", "adamw", "adafactor")
+
+
+@flax.struct.dataclass
+class TrainState:
+  """step: int32 scalar; params: pytree; ema_params: its exponential moving average, or None when
+  EMA is off; opt_state: the optax state; skipped: updates skipped for non-finite values."""
+
+  step: jax.Array
+  params: Any
+  ema_params: Any
+  opt_state: Any
+  skipped: jax.Array
+
+  @property
+  def eval_params(self):
+    """The parameters to sample with: the EMA when there is one."""
+    return self.params if self.ema_params is None else self.ema_params
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Optimizer from config: name (adam | adamw | adafactor), lr, warmup_steps, weight_decay,
+  b1, b2, grad_clip (global norm; 0 disables)."""
+  if cfg.name not in OPTIMIZERS:
+    raise ValueError(f"optimizer.name {cfg.name!r} is not one of {OPTIMIZERS}.")
+  if cfg.lr <= 0:
+    raise ValueError(f"optimizer.lr must be positive, got {cfg.lr}.")
+  lr = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+  if cfg.name == "adam":
+    opt = optax.adam(lr, b1=cfg.b1, b2=cfg.b2)
+  elif cfg.name == "adamw":
+    opt = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay)
+  else:
+    opt = optax.adafactor(lr)
+  if cfg.grad_clip:
+    opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), opt)
+  return opt
+
+
+def optimizer_config(name="adam", lr=1e-4, warmup_steps=0, weight_decay=0.0, b1=0.9, b2=0.999,
+                     grad_clip=1.0) -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(name=name, lr=lr, warmup_steps=warmup_steps,
+                                        weight_decay=weight_decay, b1=b1, b2=b2,
+                                        grad_clip=grad_clip))
+
+
+def init_state(params, optimizer: optax.GradientTransformation, *, ema: bool) -> TrainState:
+  ema_params = jax.tree_util.tree_map(jnp.copy, params) if ema else None
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=ema_params,
+                    opt_state=optimizer.init(params), skipped=jnp.zeros((), jnp.int32))
+
+
+def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *,
+                    ema_decay: float = 0.0):
+  """Builds `step(state, batch, seed_key) -> (state, metrics)`.
+
+  loss_fn(params, batch, rng) -> (scalar loss, dict of scalar metrics). Jit it with the state donated.
+  `ema_decay` applies when the state carries EMA parameters (`init_state(..., ema=True)`).
+  """
+
+  def step(state: TrainState, batch, seed_key):
+    rng = jax.random.fold_in(seed_key, state.step)
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    new_ema = None
+    if state.ema_params is not None:
+      new_ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
+                                       state.ema_params, new_params)
+    keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+    state = TrainState(step=state.step + 1, params=keep(new_params, state.params),
+                       ema_params=keep(new_ema, state.ema_params),
+                       opt_state=keep(new_opt, state.opt_state),
+                       skipped=state.skipped + (~finite).astype(jnp.int32))
+    metrics = dict(metrics, loss=loss, grad_norm=grad_norm, finite=finite)
+    return state, metrics
+
+  return step

@@ -14,7 +14,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-JOBS = ("sample", "edit", "image2video", "subject", "pretrain", "eval")
+JOBS = ("sample", "edit", "image2video", "subject", "pretrain", "sweep", "eval")
 
 
 def get_job(name: str):
@@ -34,6 +34,9 @@ def get_job(name: str):
   if name == "pretrain":
     from dreamix_jax.jobs import pretrain
     return pretrain.run
+  if name == "sweep":
+    from dreamix_jax.jobs import sweep
+    return sweep.run
   if name == "eval":
     from dreamix_jax.jobs import evaluate
     return evaluate.run

@@ -90,18 +90,14 @@ def _finetune_and_edit(config, workdir, job, cascade, params, embedder, timer, v
   params = _maybe_finetune(config, out_root, cascade, params, embedder, timer, video, top_name)
   base_view = corrupt.to_stage(cascade, jnp.asarray(video), top_name, cascade.names[0])
   last = cascade.stages[-1]
-  input_at_output = _input_at_output_resolution(cascade, video, top_name)
+  input_at_output = input_at_output_resolution(cascade, video, top_name)
   text, mask = embedder(list(config.prompts))
   folders = []
   for i, prompt in enumerate(config.prompts):
     for seed in config.seeds:
       for s in config.noise_levels:
-        key_noise, key_sample = jax.random.split(jax.random.PRNGKey(seed))
         with timer("sample"):
-          z_s = corrupt.corrupt(base_view, s, key_noise, cascade.schedule)
-          outs = cascade.sample(params, jnp.asarray(text[i:i + 1]), jnp.asarray(mask[i:i + 1]),
-                                key_sample, base_start=z_s, t_start=s)
-          final = jax.device_get(outs[last.name][0])
+          final = edit_video(cascade, params, base_view, text[i:i + 1], mask[i:i + 1], s, seed)
         folder = os.path.join(out_root, f"{i:03d}_{common.slug(prompt)}_seed{seed}_s{s:g}")
         meta = dict(extra_meta or {}, job=job, input=source, prompt=prompt, seed=seed, s=s,
                     checkpoint=config.checkpoint, finetune=config.finetune.to_dict(),
@@ -112,7 +108,21 @@ def _finetune_and_edit(config, workdir, job, cascade, params, embedder, timer, v
   return folders
 
 
-def _input_at_output_resolution(cascade, video, top_name):
+def edit_video(cascade, params, base_view, text, text_mask, s: float, seed: int) -> np.ndarray:
+  """One Dreamix edit of an in-memory video: noise the base view to level `s`, denoise with the
+  base stage from `s` under the prompt, upscale through the cascade.
+
+  base_view: (1, T, H, W, 3) in [-1, 1] at the base stage's resolution; text, text_mask: (1, L, D),
+  (1, L) of the edit prompt. Returns the last stage's output (T', H', W', 3) as numpy.
+  """
+  key_noise, key_sample = jax.random.split(jax.random.PRNGKey(seed))
+  z_s = corrupt.corrupt(jnp.asarray(base_view), s, key_noise, cascade.schedule)
+  outs = cascade.sample(params, jnp.asarray(text), jnp.asarray(text_mask), key_sample,
+                        base_start=z_s, t_start=s)
+  return np.asarray(jax.device_get(outs[cascade.names[-1]][0]))
+
+
+def input_at_output_resolution(cascade, video, top_name):
   """The input shown beside the output, brought to the last stage's size by frame/pixel repetition
   (it is only for viewing: input.mp4 and comparison.png)."""
   last = cascade.stages[-1]

@@ -1,0 +1,135 @@
+"""The sweep job: its plan (which finetunes run, which s values share them), continued finetuning,
+and the `:runlocal` sweep end to end (grid png, html page)."""
+
+import html.parser
+import importlib.util
+import json
+import os
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from dreamix_jax import cascade as cascade_lib
+from dreamix_jax.data import outputs
+from dreamix_jax.dreamix import finetune_steps
+from dreamix_jax.jobs import sweep
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load(config_arg):
+  path, _, arg = config_arg.partition(":")
+  spec = importlib.util.spec_from_file_location("job_config", ROOT / path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg or None)
+  config.lock()
+  return config
+
+
+def test_plan_of_the_paper_grid():
+  settings = sweep.parse_settings(sweep.PAPER_GRID, sweep.PAPER_ALPHAS)
+  assert len(settings) == 12
+  assert sweep.plan(settings, sweep.PAPER_ALPHAS) == [
+      sweep.FinetuneRun("none", None, (0,), {0: (0.4, 0.7, 0.8, 0.85)}),
+      sweep.FinetuneRun("video", 1.0, (64,), {64: (0.8, 0.9, 0.95, 0.98)}),
+      # One mixed finetune, read at 150, 200 and 300 steps; the 200-step state serves two s.
+      sweep.FinetuneRun("mixed", 0.35, (150, 200, 300), {150: (0.98,), 200: (0.98, 1.0),
+                                                           300: (1.0,)}),
+  ]
+  assert settings[10].label(0.35) == "mixed (a=0.35) 200 steps, s=1"
+  assert settings[0].label(None) == "no finetuning, s=0.4"
+  assert [s.slug for s in settings[3:5]] == ["none_s0.85", "video_64steps_s0.8"]
+
+
+def test_plan_orders_steps_and_keeps_first_appearance():
+  settings = sweep.parse_settings((("mixed", 300, 1.0), ("none", 0, 0.5), ("mixed", 100, 0.9),
+                                   ("mixed", 300, 0.9)), {"mixed": 0.5})
+  assert sweep.plan(settings, {"mixed": 0.5}) == [
+      sweep.FinetuneRun("mixed", 0.5, (100, 300), {100: (0.9,), 300: (1.0, 0.9)}),
+      sweep.FinetuneRun("none", None, (0,), {0: (0.5,)})]
+
+
+@pytest.mark.parametrize("grid, message", [
+    ((("image", 10, 0.9),), "unknown mode 'image'"),
+    ((("none", 5, 0.9),), "takes 0 steps"),
+    ((("mixed", 0, 0.9),), "takes 0 steps"),
+    ((("mixed", 10, 1.5),), r"\[0, 1\]"),
+    ((("mixed", 10, 0.9), ("mixed", 10, 0.9)), "repeat"),
+    ((("mixed", 10),), r"\(mode, steps, s\)"),
+    ((), "no settings"),
+])
+def test_bad_settings_give_clear_errors(grid, message):
+  with pytest.raises(ValueError, match=message):
+    sweep.parse_settings(grid, sweep.PAPER_ALPHAS)
+
+
+def test_intermediate_states_equal_shorter_runs():
+  """The 1-step state of a 3-step run is the 1-step run's, and continuing gives the 3-step run's."""
+  config = load("configs/sweep.py:runlocal")
+  cascade = cascade_lib.Cascade.from_config(config.cascade)
+  params = {"base": cascade.init_params(jax.random.PRNGKey(0), cascade.stage("base"))}
+  cfg = config.finetune.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.alpha = 0.35
+  rng = np.random.default_rng(0)
+  video = rng.uniform(-1, 1, (1, 4, 8, 16, 3)).astype(np.float32)
+  text = rng.normal(size=(1, 16, 64)).astype(np.float32)
+  mask = np.ones((1, 16), bool)
+  read = dict(finetune_steps.finetune_at_steps(cascade, params, video, text, mask, cfg, [3, 1]))
+  assert sorted(read) == [1, 3]
+  direct = dict(finetune_steps.finetune_at_steps(cascade, params, video, text, mask, cfg, [1]))
+  first = jax.tree_util.tree_leaves(read[1]["base"])
+  np.testing.assert_array_equal(first[0], jax.tree_util.tree_leaves(direct[1]["base"])[0])
+  assert any(not np.array_equal(a, b) for a, b in zip(
+      first, jax.tree_util.tree_leaves(read[3]["base"])))
+  assert any(not np.array_equal(a, b) for a, b in zip(
+      first, jax.tree_util.tree_leaves(params["base"])))
+
+
+class _Sources(html.parser.HTMLParser):
+  def __init__(self):
+    super().__init__()
+    self.sources = {"video": [], "img": []}
+
+  def handle_starttag(self, tag, attrs):
+    if tag in self.sources:
+      self.sources[tag].append(dict(attrs)["src"])
+
+
+def test_sweep_runlocal_end_to_end(tmp_path):
+  config = load("configs/sweep.py:runlocal")
+  folders = sweep.run(config, str(tmp_path))
+  root = tmp_path / "sweep" / "sweep"
+  settings = sweep.parse_settings(config.settings, config.alphas)
+  assert len(folders) == len(settings) == 8
+  case = root / "000_a-red-circle-moving-left-on-a-black-background_seed0"
+  assert sorted(os.listdir(case)) == sorted(
+      [f"{j:02d}_{s.slug}" for j, s in enumerate(settings)] + ["grid.png"])
+  metas = {}
+  for j, setting in enumerate(settings):
+    folder = case / f"{j:02d}_{setting.slug}"
+    assert {"output.mp4", "input.mp4", "output.gif", "comparison.png", "meta.json"} <= set(
+        os.listdir(folder))
+    meta = json.loads((folder / "meta.json").read_text())
+    assert (meta["mode"], meta["finetune_steps"], meta["s"]) == (setting.mode, setting.steps,
+                                                                  setting.s)
+    assert meta["output_shape"] == [8, 16, 32, 3]
+    metas[setting] = meta
+  # Grid: the input, then one labelled row per setting; 8 frames of 16x32 each.
+  grid = Image.open(case / "grid.png")
+  assert grid.size == (8 * 32, (len(settings) + 1) * (outputs.LABEL_BAND_HEIGHT + 16))
+  # The page shows the input and every setting's video, all of which exist.
+  parser = _Sources()
+  parser.feed((root / "index.html").read_text())
+  expected = ["input.mp4"] + [os.path.relpath(f, root) + "/output.mp4" for f in
+                              sorted(folders)]
+  assert sorted(parser.sources["video"]) == sorted(expected)
+  assert all((root / src).is_file() for src in parser.sources["video"] + parser.sources["img"])
+  assert parser.sources["img"] == [os.path.relpath(case / "grid.png", root)]
+  # The two s values of the 2-step mixed state share its finetune: same alpha and steps.
+  shared = [m for s, m in metas.items() if s.mode == "mixed" and s.steps == 2]
+  assert [(m["alpha"], m["s"]) for m in shared] == [(0.35, 0.98), (0.35, 1.0)]

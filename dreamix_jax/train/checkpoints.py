@@ -17,6 +17,7 @@ import os
 import tempfile
 from typing import Any, Mapping
 
+import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -81,6 +82,7 @@ def load_params(path: str, expected=None) -> dict:
 
 
 def _flat_shapes(tree) -> dict[str, Any]:
+  tree = nn.meta.unbox(tree)  # abstract params carry logical-partitioning boxes
   return {"/".join(str(getattr(k, "key", k)) for k in path): leaf
           for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 

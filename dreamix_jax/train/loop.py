@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from dreamix_jax import parallel
 from dreamix_jax.train import checkpoints, state as state_lib
 
 
@@ -43,23 +44,49 @@ class LoopConfig:
 
 def run(loop: LoopConfig, train_state: state_lib.TrainState, step_fn: Callable,
         batch_fn: Callable[[int], Any], *, checkpoint_dir: str | None, meta: dict | None = None,
-        writer=None) -> tuple[state_lib.TrainState, list[dict]]:
+        writer=None, on_checkpoint: Callable[[int, Any], None] | None = None,
+        layout: parallel.Layout | None = None, state_shardings=None
+        ) -> tuple[state_lib.TrainState, list[dict]]:
   """Runs `step_fn` (un-jitted `make_train_step` output) until `loop.steps`; returns the final state
-  and the logged metrics (one dict per logged step)."""
+  and the logged metrics (one dict per logged step). `on_checkpoint(step, state)` runs after every
+  checkpoint (e.g. to export EMA parameters and write samples).
+
+  With a `layout` the step is `jax.jit(..., in_shardings, out_shardings, donate_argnums=0)` on its
+  mesh: the state laid out as `state_shardings` (see `parallel.Layout.state_shardings`), batches
+  over the batch axes (`batch_fn` returns host arrays identical on every process, or global
+  `jax.Array`s it assembled itself, e.g. with `parallel.put_process_local`), metrics replicated; a
+  checkpoint restores onto the layout whatever mesh wrote it. Only process 0 logs.
+  """
+  if (layout is None) != (state_shardings is None):
+    raise ValueError("Pass `layout` and `state_shardings` together (or neither).")
   ckpt = checkpoints.TrainCheckpointer(checkpoint_dir) if checkpoint_dir else None
+  if layout is not None:
+    # A fresh copy on the mesh: the step donates its state and the caller's arrays must survive.
+    train_state = parallel.copy_to(train_state, state_shardings)
   if ckpt is not None and ckpt.latest_step() is not None:
     train_state, _ = ckpt.restore(train_state)
-    logging.info("[%s] resumed from step %d (%s).", loop.name, int(train_state.step), checkpoint_dir)
-  # The step donates its state; copy once so the caller's arrays (e.g. pretrained params) survive.
-  train_state = jax.tree_util.tree_map(jnp.copy, train_state)
-  jitted = jax.jit(step_fn, donate_argnums=(0,))
+    _log(logging.INFO, "[%s] resumed from step %d (%s).", loop.name, int(train_state.step),
+         checkpoint_dir)
+  elif layout is None:
+    # The step donates its state; copy once so the caller's arrays (e.g. pretrained params) survive.
+    train_state = jax.tree_util.tree_map(jnp.copy, train_state)
   seed_key = jax.random.PRNGKey(loop.seed)
   start = int(train_state.step)
+  put_batch = lambda batch: batch
+  if layout is None:
+    jitted = jax.jit(step_fn, donate_argnums=(0,))
+  elif start < loop.steps:
+    batch_shardings = layout.batch_shardings(batch_fn(start))
+    put_batch = lambda batch: parallel.put(batch, batch_shardings)
+    seed_key = parallel.put(seed_key, layout.replicated)
+    jitted = jax.jit(layout.wrap(step_fn), donate_argnums=(0,),
+                     in_shardings=(state_shardings, batch_shardings, layout.replicated),
+                     out_shardings=(state_shardings, layout.replicated))
   history = []
   t0 = time.time()
   last_good = start
   for step in range(start, loop.steps):
-    train_state, metrics = jitted(train_state, batch_fn(step), seed_key)
+    train_state, metrics = jitted(train_state, put_batch(batch_fn(step)), seed_key)
     done = step + 1
     if loop.on_nonfinite == "stop" or done % loop.log_every == 0 or done == loop.steps:
       metrics = jax.device_get(metrics)
@@ -69,7 +96,7 @@ def run(loop: LoopConfig, train_state: state_lib.TrainState, step_fn: Callable,
         if loop.on_nonfinite == "stop":
           raise NonFiniteLossError(msg + f" Last good checkpoint: step {last_good} in "
                                    f"{checkpoint_dir}. Lower the learning rate or check the data.")
-        logging.warning(msg)
+        _log(logging.WARNING, "%s", msg)
     if done % loop.log_every == 0 or done == loop.steps:
       elapsed = time.time() - t0
       rate = (done - start) / max(elapsed, 1e-9)
@@ -77,13 +104,21 @@ def run(loop: LoopConfig, train_state: state_lib.TrainState, step_fn: Callable,
       row.update(step=done, steps_per_s=rate, skipped=int(train_state.skipped))
       history.append(row)
       eta = (loop.steps - done) / max(rate, 1e-9)
-      logging.info("[%s] step %d/%d loss %.4f (%.2f steps/s, ETA %.0fs)", loop.name, done,
-                   loop.steps, row["loss"], rate, eta)
-      if writer is not None:
+      _log(logging.INFO, "[%s] step %d/%d loss %.4f (%.2f steps/s, ETA %.0fs)", loop.name, done,
+           loop.steps, row["loss"], rate, eta)
+      if writer is not None and parallel.is_primary():
         writer.write_scalars(done, {k: v for k, v in row.items() if k != "step"})
     if ckpt is not None and (done % loop.checkpoint_every == 0 or done == loop.steps):
       ckpt.save(done, train_state, dict(meta or {}, step=done))
       last_good = done
+      if on_checkpoint is not None:
+        on_checkpoint(done, train_state)
   if ckpt is not None:
     ckpt.close()
   return train_state, history
+
+
+def _log(level, msg, *args):
+  """Logs on process 0 only (every process runs the loop)."""
+  if parallel.is_primary():
+    logging.log(level, msg, *args)

@@ -1,0 +1,39 @@
+"""Pretrain one stage of the moving-shapes cascade (or any cascade) from scratch.
+
+  python -m dreamix_jax.main --config=configs/pretrain.py:stage=base --workdir=runs/shapes
+  python -m dreamix_jax.main --config=configs/pretrain.py:stage=tsr --workdir=runs/shapes
+  python -m dreamix_jax.main --config=configs/pretrain.py:stage=ssr --workdir=runs/shapes
+  python -m dreamix_jax.main --config=configs/pretrain.py:stage=base,runlocal --workdir=/tmp/pt
+
+Each stage trains independently (SR stages on ground-truth low-resolution views), so the three can run
+one after the other or on different machines; all write into `<workdir>/cascade/`. Re-running the
+same command resumes from the latest checkpoint.
+"""
+
+from configs import common
+from dreamix_jax import config_utils as cu
+from dreamix_jax.train import state as state_lib
+
+
+def get_config(arg=None):
+  arg = cu.parse_arg(arg, runlocal=False, stage="base", steps=0, batch=0)
+  config = common.base_config("pretrain", arg.runlocal)
+  config.stage = arg.stage
+  config.steps = arg.steps or (6 if arg.runlocal else 20_000)
+  config.batch_size = arg.batch or (2 if arg.runlocal else 8)
+  config.optimizer = state_lib.optimizer_config(name="adamw", lr=1e-3, warmup_steps=200,
+                                                weight_decay=0.0, grad_clip=1.0)
+  config.ema_decay = 0.995
+  config.init_from = ""  # a cascade directory to continue from (e.g. checkpoints/shapes)
+  config.weighting = "v"
+  config.text_dropout = 0.1
+  config.on_nonfinite = "stop"
+  config.log_every = 2 if arg.runlocal else 50
+  config.checkpoint_every = 3 if arg.runlocal else 500
+  config.sample_every = 3 if arg.runlocal else 2000
+  config.sample_prompts = ("a red circle moving right on a black background",
+                           "a blue square moving up on a gray background")
+  config.data = dict(source="moving_shapes", size=1_000_000, seed=0,
+                     image_fraction=0.0 if arg.stage == "tsr" else 0.25, tfds_name="moving_shapes/ssr",
+                     tfds_dir="")
+  return config

@@ -1,0 +1,221 @@
+"""Pretraining job: trains one stage of a cascade on a captioned video dataset.
+
+  python -m dreamix_jax.main --config=configs/pretrain.py:stage=base --workdir=/tmp/shapes_pretrain
+
+Batches are joint image-video (VDM / Imagen Video): a fraction `data.image_fraction` of each batch is
+a *set of images* — the frames of one clip in random order, with the identity temporal mask and one
+noise level per frame — the rest are ordinary videos. Captions are dropped (null embedding) with
+probability `text_dropout` so the stage supports classifier-free guidance.
+
+Data: `data.source = "moving_shapes"` renders clips on the fly (deterministic by seed; clip i of the
+train split is the same as in the TFDS `moving_shapes` builder), `"tfds"` reads a prepared TFDS
+array_record dataset (`data.tfds_name`, `data.tfds_dir`; e.g. `video_folder` for your own videos).
+Batch k is a function of (seed, k) only, so resuming repeats exactly the same data.
+
+Writes `<workdir>/checkpoints/<stage>/` (orbax, resumable), `<workdir>/cascade/<stage>.safetensors`
+(EMA params, refreshed at every checkpoint: the cascade directory sampling jobs read), TensorBoard
+scalars and sample strips in `<workdir>/tensorboard/<stage>/`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from clu import metric_writers
+
+from dreamix_jax import cascade as cascade_lib
+from dreamix_jax.data import pipeline, shapes, tfds_builders
+from dreamix_jax.jobs import common
+from dreamix_jax.models import unet
+from dreamix_jax.train import checkpoints, loop as loop_lib, losses, state as state_lib
+
+
+class ShapesSource:
+  """The moving-shapes train split rendered on demand at the top resolution of the toy world:
+  `source[i]` = {'video': (32, 48, 80, 3) float32, 'caption': str}."""
+
+  def __init__(self, seed: int, size: int, split: str = "train"):
+    self.seed, self.size, self.split = seed, size, split
+
+  def __len__(self):
+    return self.size
+
+  def __getitem__(self, index):
+    attrs = tfds_builders.clip_attributes(self.seed, self.split, int(index))
+    return {"attrs": attrs, "caption": shapes.caption(attrs)}
+
+  @staticmethod
+  def render(examples, frames, height, width):
+    return shapes.render_batch([e["attrs"] for e in examples], frames, height, width)
+
+
+class TfdsSource:
+  """A prepared TFDS dataset (array_record) with `video` uint8 and `caption` features."""
+
+  def __init__(self, name: str, data_dir: str, split: str = "train"):
+    import tensorflow_datasets as tfds
+    self._source = tfds.data_source(name, split=split, data_dir=data_dir or None)
+
+  def __len__(self):
+    return len(self._source)
+
+  def __getitem__(self, index):
+    ex = self._source[int(index)]
+    caption = ex["caption"]
+    return {"video": tfds_builders.video_to_float(ex["video"]),
+            "caption": caption.decode() if isinstance(caption, bytes) else str(caption)}
+
+  @staticmethod
+  def render(examples, frames, height, width):
+    videos = np.stack([e["video"] for e in examples])
+    return shapes.derive(videos, frames, height, width)
+
+
+def make_source(config):
+  if config.data.source == "moving_shapes":
+    return ShapesSource(config.data.seed, config.data.size)
+  if config.data.source == "tfds":
+    return TfdsSource(config.data.tfds_name, config.data.tfds_dir)
+  raise ValueError(f"data.source {config.data.source!r} must be 'moving_shapes' or 'tfds'.")
+
+
+class BatchMaker:
+  """batch(step) -> the stage's training batch (see `dreamix_jax.train.losses`), deterministic in
+  (seed, step). Caption embeddings are computed once per distinct caption and kept."""
+
+  def __init__(self, config, cascade: cascade_lib.Cascade, stage: cascade_lib.Stage, embedder):
+    self.config, self.cascade, self.stage, self.embedder = config, cascade, stage, embedder
+    self.source = make_source(config)
+    self._emb: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    self._null = embedder.null(1)
+    top = cascade.stages[-1]
+    self.render_shape = top.shape if config.data.source == "moving_shapes" else None
+
+  def _embed(self, captions):
+    missing = [c for c in dict.fromkeys(captions) if c not in self._emb]
+    if missing:
+      emb, mask = self.embedder(missing)
+      for c, e, m in zip(missing, emb, mask):
+        self._emb[c] = (e, m)
+    return (np.stack([self._emb[c][0] for c in captions]),
+            np.stack([self._emb[c][1] for c in captions]))
+
+  def __call__(self, step: int) -> dict:
+    cfg = self.config
+    b = cfg.batch_size
+    idx = pipeline.batch_indices(step, batch_size=b, size=len(self.source), seed=cfg.data.seed)
+    examples = [self.source[i] for i in idx]
+    stage = self.stage
+    names = self.cascade.names
+    i = names.index(stage.name)
+    top = self.cascade.stages[-1]
+    videos = self.source.render(examples, *top.shape)  # (B, T, H, W, 3) at the top stage
+    rng = np.random.default_rng((cfg.data.seed, 1, step))
+    view = lambda name: corrupt_view(self.cascade, videos, top.name, name)
+    video = view(stage.name)
+    low = view(names[i - 1]) if stage.kind != "base" else None
+    # Joint image-video: the first n examples become sets of images (frames shuffled, mask on).
+    n_img = int(round(cfg.data.image_fraction * b))
+    temporal_mask = np.zeros((b,), np.float32)
+    temporal_mask[:n_img] = 1.0
+    for j in range(n_img):
+      perm = rng.permutation(video.shape[1])
+      video[j] = video[j][perm]
+      if low is not None:  # SSR: each frame keeps its own low-resolution counterpart
+        low[j] = low[j][perm]
+    text, mask = self._embed([e["caption"] for e in examples])
+    drop = rng.random(b) < cfg.text_dropout
+    text = np.where(drop[:, None, None], self._null[0], text)
+    mask = np.where(drop[:, None], self._null[1], mask)
+    batch = dict(video=video, text=text.astype(np.float32), text_mask=mask.astype(bool),
+                 temporal_mask=temporal_mask)
+    if low is not None:
+      batch["low"] = low
+    return batch
+
+
+def corrupt_view(cascade, videos, top_name, name):
+  """numpy version of `dreamix.corrupt.to_stage` (data preparation stays on the host)."""
+  out = videos
+  names = cascade.names
+  for stage in reversed(cascade.stages[names.index(name) + 1:names.index(top_name) + 1]):
+    out = np.asarray(stage.downsample(jnp.asarray(out)))
+  return np.array(out)
+
+
+def run(config, workdir: str):
+  cascade = cascade_lib.Cascade.from_config(config.cascade)
+  stage = cascade.stage(config.stage)
+  if stage.kind == "tsr" and config.data.image_fraction > 0:
+    raise ValueError("Image examples (shuffled frames) are not defined for a temporal SR stage: "
+                     "its target frames interleave its input frames. Set data.image_fraction=0.")
+  embedder = common.make_embedder(config, cascade)
+  _, apply = unet.make_denoiser(stage.unet)
+  loss_fn = losses.make_stage_loss(apply, stage, cascade.schedule, weighting=config.weighting)
+
+  def plain_loss(params, batch, rng):
+    per_example = loss_fn(params, batch, rng)
+    return per_example.mean(), {}
+
+  optimizer = state_lib.make_optimizer(config.optimizer)
+  step_fn = state_lib.make_train_step(plain_loss, optimizer, ema_decay=config.ema_decay)
+  params = cascade.init_params(jax.random.PRNGKey(config.seed), stage)
+  logging.info("[pretrain/%s] %s parameters", stage.name, f"{unet.count_params(params):,}")
+  train_state = state_lib.init_state(params, optimizer, ema=config.ema_decay > 0)
+  if config.init_from:
+    train_state = _init_from(config.init_from, cascade, stage, train_state)
+
+  batch_maker = BatchMaker(config, cascade, stage, embedder)
+  writer = metric_writers.create_default_writer(
+      os.path.join(workdir, "tensorboard", stage.name), just_logging=jax.process_index() > 0)
+  cascade_dir = os.path.join(workdir, "cascade")
+  sample_text, sample_mask = embedder(list(config.sample_prompts))
+
+  def on_checkpoint(step, state):
+    ema = jax.device_get(state.eval_params)
+    checkpoints.save_cascade_stage(cascade_dir, stage.name, ema, config.cascade,
+                                   metadata={"step": str(step), "stage": stage.name})
+    if config.sample_every and step % config.sample_every == 0:
+      _write_samples(writer, step, cascade, stage, ema, sample_text, sample_mask, batch_maker)
+
+  loop_cfg = loop_lib.LoopConfig(steps=config.steps, seed=config.seed, log_every=config.log_every,
+                                 checkpoint_every=config.checkpoint_every,
+                                 on_nonfinite=config.on_nonfinite, name=f"pretrain/{stage.name}")
+  final, history = loop_lib.run(
+      loop_cfg, train_state, step_fn, batch_maker,
+      checkpoint_dir=os.path.join(workdir, "checkpoints", stage.name),
+      meta={"stage": stage.name}, writer=writer, on_checkpoint=on_checkpoint)
+  writer.flush()
+  return final, history
+
+
+def _init_from(directory, cascade, stage, train_state):
+  """Starts from the (EMA) parameters of a cascade directory, e.g. a committed demo cascade, at the
+  step recorded in its metadata (the optimizer moments start afresh). An orbax checkpoint in the
+  workdir, when present, still takes precedence (`loop.run` restores it)."""
+  import safetensors
+  path = os.path.join(directory, f"{stage.name}.safetensors")
+  params = checkpoints.load_cascade(directory, cascade, [stage.name])[stage.name]
+  with safetensors.safe_open(path, "np") as f:
+    step = int((f.metadata() or {}).get("step", 0))
+  params = jax.tree_util.tree_map(jnp.asarray, params)
+  ema = None if train_state.ema_params is None else jax.tree_util.tree_map(jnp.copy, params)
+  logging.info("[pretrain/%s] initialised from %s at step %d.", stage.name, path, step)
+  return train_state.replace(step=jnp.asarray(step, jnp.int32), params=params, ema_params=ema)
+
+
+def _write_samples(writer, step, cascade, stage, params, text, mask, batch_maker):
+  """A strip of sampled frames per prompt in TensorBoard (SR stages: from the real low view)."""
+  n = text.shape[0]
+  low = None
+  if stage.kind != "base":
+    low = jnp.asarray(batch_maker(10_000_000 + step)["low"][:1]).repeat(n, axis=0)
+  video = cascade.sample_stage(stage, params, jnp.asarray(text), jnp.asarray(mask),
+                               jax.random.PRNGKey(step), low=low)
+  frames = np.asarray((video[:, ::max(1, video.shape[1] // 8)] + 1) / 2)  # (n, 8, H, W, 3)
+  strips = np.concatenate(list(frames.transpose(1, 0, 2, 3, 4)), axis=2)  # (n, H, 8W, 3)
+  writer.write_images(step, {"samples": strips})

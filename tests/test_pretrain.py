@@ -1,0 +1,110 @@
+"""Pretraining job: joint image-video batches, text dropout, resume, exported cascade, summaries."""
+
+import importlib.util
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dreamix_jax import cascade as cascade_lib
+from dreamix_jax.jobs import common, pretrain
+from dreamix_jax.train import checkpoints
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load(arg):
+  spec = importlib.util.spec_from_file_location("pretrain_config", ROOT / "configs/pretrain.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg)
+  config.lock()
+  return config
+
+
+@pytest.fixture(scope="module")
+def ssr_maker():
+  config = load("stage=ssr,runlocal")
+  with config.unlocked():
+    config.batch_size = 4
+    config.data.image_fraction = 0.5
+    config.text_dropout = 0.5
+  cascade = cascade_lib.Cascade.from_config(config.cascade)
+  return pretrain.BatchMaker(config, cascade, cascade.stage("ssr"),
+                             common.make_embedder(config, cascade)), cascade
+
+
+def test_batches_are_deterministic_joint_and_aligned(ssr_maker):
+  maker, cascade = ssr_maker
+  a, b = maker(3), maker(3)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
+  assert not np.array_equal(maker(4)["video"], a["video"])
+  np.testing.assert_array_equal(a["temporal_mask"], [1, 1, 0, 0])
+  assert a["video"].shape == (4, 8, 16, 32, 3) and a["low"].shape == (4, 8, 8, 16, 3)
+  # Every (shuffled) frame keeps its own low-resolution counterpart.
+  np.testing.assert_allclose(
+      a["low"], np.asarray(cascade.stage("ssr").downsample(jnp.asarray(a["video"]))), atol=1e-6)
+
+
+def test_text_dropout_gives_null_embeddings(ssr_maker):
+  maker, _ = ssr_maker
+  dropped = kept = 0
+  for step in range(6):
+    batch = maker(step)
+    for text, mask in zip(batch["text"], batch["text_mask"]):
+      if not mask.any():
+        assert np.all(text == 0)
+        dropped += 1
+      else:
+        kept += 1
+  assert dropped > 0 and kept > 0
+
+
+def test_tsr_rejects_image_examples(tmp_path):
+  config = load("stage=tsr,runlocal")
+  with config.unlocked():
+    config.data.image_fraction = 0.25
+  with pytest.raises(ValueError, match="image_fraction"):
+    pretrain.run(config, str(tmp_path))
+
+
+def test_pretrain_runs_resumes_and_exports(tmp_path):
+  config = load("stage=base,runlocal")
+  with config.unlocked():
+    config.steps = 3
+  pretrain.run(config, str(tmp_path))
+  with config.unlocked():
+    config.steps = 6
+  final, history = pretrain.run(config, str(tmp_path))  # resumes at step 3
+  assert int(final.step) == 6 and history[0]["step"] == 4
+  cascade = cascade_lib.Cascade.from_config(config.cascade)
+  params = checkpoints.load_cascade(str(tmp_path / "cascade"), cascade, ["base"])
+  assert set(params) == {"base"}
+  events = list((tmp_path / "tensorboard" / "base").glob("events.out.tfevents.*"))
+  assert events and os.path.getsize(events[0]) > 0
+
+
+def test_cascade_checkpoint_round_trip_and_mismatch_errors(tmp_path):
+  config = load("stage=base,runlocal")
+  cascade = cascade_lib.Cascade.from_config(config.cascade)
+  params = {s.name: cascade.init_params(jax.random.PRNGKey(i), s)
+            for i, s in enumerate(cascade.stages)}
+  for name, p in params.items():
+    checkpoints.save_cascade_stage(str(tmp_path), name, p, config.cascade)
+  loaded = checkpoints.load_cascade(str(tmp_path), cascade)
+  for name in params:
+    for a, b in zip(jax.tree_util.tree_leaves(params[name]),
+                    jax.tree_util.tree_leaves(loaded[name])):
+      np.testing.assert_array_equal(a, b)
+  assert checkpoints.read_cascade_config(str(tmp_path)).name == config.cascade.name
+  os.remove(tmp_path / "tsr.safetensors")
+  with pytest.raises(checkpoints.CheckpointError, match="no stage 'tsr'"):
+    checkpoints.load_cascade(str(tmp_path), cascade)
+  # A stage saved under another stage's name: names and shapes are listed.
+  checkpoints.save_cascade_stage(str(tmp_path), "tsr", params["base"])
+  with pytest.raises(checkpoints.CheckpointError, match="wrong shape|missing|unexpected"):
+    checkpoints.load_cascade(str(tmp_path), cascade)

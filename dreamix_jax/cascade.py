@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from dreamix_jax import parallel
 from dreamix_jax.diffusion import objectives, sampling, schedules
 from dreamix_jax.models import unet
 
@@ -128,10 +129,14 @@ def stage_from_config(name: str, cfg: ml_collections.ConfigDict) -> Stage:
 # The cascade.
 
 class Cascade:
-  """Stages in order, the shared noise schedule and the text-embedding size they all take."""
+  """Stages in order, the shared noise schedule and the text-embedding size they all take.
+
+  `layout` (a `parallel.Layout`, or None for one device) is where its computations run: sampling
+  and finetuning jit their steps with shardings on its mesh.
+  """
 
   def __init__(self, stages: list[Stage], schedule: schedules.CosineLogSNR, text_len: int,
-               text_dim: int):
+               text_dim: int, layout: parallel.Layout | None = None):
     if not stages or stages[0].kind != "base" or any(s.kind == "base" for s in stages[1:]):
       raise ValueError("A cascade is one base stage followed by SR stages.")
     for prev, cur in zip(stages, stages[1:]):
@@ -142,16 +147,18 @@ class Cascade:
     self.schedule = schedule
     self.text_len = text_len
     self.text_dim = text_dim
+    self.layout = layout
 
   @classmethod
-  def from_config(cls, cfg: ml_collections.ConfigDict) -> "Cascade":
+  def from_config(cls, cfg: ml_collections.ConfigDict,
+                  layout: parallel.Layout | None = None) -> "Cascade":
     missing = [n for n in cfg.order if n not in cfg.stages]
     if missing:
       raise ValueError(f"cascade.order names stages {missing} that cascade.stages does not define "
                        f"(defined: {sorted(cfg.stages.keys())}).")
     return cls([stage_from_config(n, cfg.stages[n]) for n in cfg.order],
                schedules.CosineLogSNR(cfg.schedule.logsnr_min, cfg.schedule.logsnr_max),
-               cfg.text.max_length, cfg.text.dim)
+               cfg.text.max_length, cfg.text.dim, layout)
 
   @property
   def names(self) -> list[str]:
@@ -173,6 +180,23 @@ class Cascade:
     return unet.abstract_params(stage.unet, frames=f, height=h, width=w, text_len=self.text_len,
                                 text_dim=self.text_dim)
 
+  def param_shardings(self, stage: Stage):
+    """Shardings of `stage`'s parameters on `self.layout` (from logical axis names)."""
+    if self.layout is None:
+      raise ValueError("This cascade has no layout (mesh); set `cascade.layout` first.")
+    return _param_shardings(stage, self.text_len, self.text_dim, self.layout)
+
+  def init_params_sharded(self, rng, stage: Stage):
+    """`init_params` under `jit` with output shardings on `self.layout` (same values): each device
+    materialises only its slice."""
+    return parallel.init_sharded(lambda: self.init_params(rng, stage), self.param_shardings(stage))
+
+  def place_params(self, stage: Stage, params):
+    """`params` laid out on `self.layout` (unchanged without one)."""
+    if self.layout is None:
+      return params
+    return parallel.put(params, self.param_shardings(stage))
+
   # ------------------------------------------------------------------------------------------------
   # Sampling.
 
@@ -184,7 +208,18 @@ class Cascade:
     SR stage: conditioned on the previous stage's output `low`, in chunks of `stage.chunk_frames`
     input frames when set. Returns (B, T, H, W, 3) clipped to [−1, 1].
     """
-    fn = _compiled_stage_sampler(stage, self.schedule)
+    raw = _compiled_stage_sampler(stage, self.schedule, self.layout)
+    params = self.place_params(stage, params)
+    if self.layout is None:
+      fn = raw
+    else:
+      layout = self.layout
+
+      def fn(params, text, text_mask, rng, z, t, low):
+        text, text_mask, z, low = parallel.put((text, text_mask, z, low),
+                                               layout.batch_shardings((text, text_mask, z, low)))
+        rng, t = parallel.put((rng, t), layout.replicated)
+        return raw(params, text, text_mask, rng, z, t, low)
     if stage.kind == "base":
       b = text.shape[0]
       k_noise, k_sample = jax.random.split(rng)
@@ -225,10 +260,20 @@ class Cascade:
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled_stage_sampler(stage: Stage, schedule: schedules.CosineLogSNR):
-  """One jitted sampler per (stage, schedule) — both frozen dataclasses, so equal configs share it.
+def _param_shardings(stage: Stage, text_len: int, text_dim: int, layout: parallel.Layout):
+  f, h, w = stage.shape
+  return layout.param_shardings(unet.abstract_params(
+      stage.unet, frames=f, height=h, width=w, text_len=text_len, text_dim=text_dim))
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_stage_sampler(stage: Stage, schedule: schedules.CosineLogSNR,
+                            layout: parallel.Layout | None):
+  """One jitted sampler per (stage, schedule, layout) — all hashable, so equal configs share it.
   Params, text, seeds and `t_start` are arguments: new prompts, seeds, noise levels and finetuned
-  weights reuse the compiled program."""
+  weights reuse the compiled program. With a layout the inputs arrive laid out on its mesh (params
+  by their logical axes, videos and text over the batch axes) and the U-Net's activation
+  constraints apply."""
   _, apply = unet.make_denoiser(stage.unet)
 
   def run(params, text, text_mask, rng, z_start, t_start, low):
@@ -244,4 +289,4 @@ def _compiled_stage_sampler(stage: Stage, schedule: schedules.CosineLogSNR):
                              t_start=t_start)
     return jnp.clip(x, -1.0, 1.0)
 
-  return jax.jit(run)
+  return jax.jit(run if layout is None else layout.wrap(run))

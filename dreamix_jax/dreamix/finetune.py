@@ -7,19 +7,19 @@ jitted step, both variants vmapped; see `dreamix_jax.train.losses.make_mixed_los
 on frames only (image-to-video and subject-driven generation, where there is no real video).
 
 Checkpoints go to `<workdir>/finetune/<stage>/` (orbax, resumable); the finetuned parameters are
-exported to `<workdir>/finetuned_cascade/` beside — never over — the pretrained cascade.
+exported to `<workdir>/finetuned_cascade/` beside — never over — the pretrained cascade (by process 0).
+With `cascade.layout` set, the state is sharded on its mesh and the step is jitted with shardings.
 """
 
 from __future__ import annotations
 
 import os
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from dreamix_jax import cascade as cascade_lib
+from dreamix_jax import cascade as cascade_lib, parallel
 from dreamix_jax.dreamix import corrupt
 from dreamix_jax.models import unet
 from dreamix_jax.train import checkpoints, loop as loop_lib, losses, state as state_lib
@@ -59,7 +59,12 @@ def finetune_stage(cascade: cascade_lib.Cascade, stage: cascade_lib.Stage, param
   mixed = losses.make_mixed_loss(loss_fn, stage, cfg.alpha)
   optimizer = state_lib.make_optimizer(cfg.optimizer)
   step_fn = state_lib.make_train_step(mixed, optimizer, ema_decay=cfg.ema_decay)
-  train_state = state_lib.init_state(params, optimizer, ema=cfg.ema_decay > 0)
+  layout, state_shardings = cascade.layout, None
+  if layout is None:
+    train_state = state_lib.init_state(params, optimizer, ema=cfg.ema_decay > 0)
+  else:
+    train_state, state_shardings = state_lib.init_state_on(
+        layout, cascade.abstract_params(stage), params, optimizer, ema=cfg.ema_decay > 0)
 
   b = cfg.batch_size
   rep = lambda x: jnp.repeat(x, b, axis=0)
@@ -73,7 +78,8 @@ def finetune_stage(cascade: cascade_lib.Cascade, stage: cascade_lib.Stage, param
                                  on_nonfinite=cfg.on_nonfinite, name=f"finetune/{stage.name}")
   ckpt_dir = os.path.join(workdir, "finetune", stage.name) if workdir else None
   final, history = loop_lib.run(loop_cfg, train_state, step_fn, lambda step: batch,
-                                checkpoint_dir=ckpt_dir, meta={"stage": stage.name})
+                                checkpoint_dir=ckpt_dir, meta={"stage": stage.name},
+                                layout=layout, state_shardings=state_shardings)
   return final.eval_params, history
 
 
@@ -98,8 +104,10 @@ def finetune_cascade(cascade: cascade_lib.Cascade, params: dict, video, text, te
     new_params[name], histories[name] = finetune_stage(
         cascade, cascade.stage(name), params[name], views, text, text_mask, cfg, workdir)
     if workdir:
+      host_params = parallel.to_host(new_params[name])  # every process takes part in the gather
+    if workdir and parallel.is_primary():
       checkpoints.save_cascade_stage(os.path.join(workdir, "finetuned_cascade"), name,
-                                     jax.device_get(new_params[name]), cascade_config,
+                                     host_params, cascade_config,
                                      metadata={"finetuned_on": "input", "steps": str(cfg.steps),
                                                "alpha": str(cfg.alpha)})
   return new_params, histories

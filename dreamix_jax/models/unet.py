@@ -30,6 +30,19 @@ from dreamix_jax.models import layers
 
 _SKIP_SCALE = 2.0 ** -0.5
 ACTIVATION_AXES = ("activation_batch", "activation_height", "activation_width", "activation_embed")
+# Rematerialisation policies per block: what the backward pass may keep instead of recomputing.
+REMAT_POLICIES = {
+    "none": None,
+    "full": None,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def _remat_policy_name(remat: str | bool) -> str:
+  if isinstance(remat, bool):
+    return "full" if remat else "none"
+  return remat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +54,10 @@ class UNetConfig:
   attn_levels / cross_attn_levels / temporal_attn_levels: level indices (0 = full resolution).
   temporal_conv: a residual temporal convolution after every residual block.
   conditional: an SR stage (concatenates the low-resolution video, conditions on its noise level).
+  remat: rematerialisation of every block (`jax.checkpoint` policy, see `REMAT_POLICIES`): 'none',
+    'full' (keep only block inputs), 'dots_saveable' (keep matmul/conv outputs),
+    'dots_no_batch' (keep those without batch dimensions); True means 'full', False 'none'. The
+    parameter tree is the same for every choice.
   """
 
   channels: int = 32
@@ -55,9 +72,11 @@ class UNetConfig:
   conditional: bool = False
   out_channels: int = 3
   dtype: str = "float32"
-  remat: bool = False
+  remat: str | bool = "none"
 
   def __post_init__(self):
+    if _remat_policy_name(self.remat) not in REMAT_POLICIES:
+      raise ValueError(f"remat {self.remat!r} is not one of {sorted(REMAT_POLICIES)} (or a bool).")
     if len(self.channel_mult) != len(self.num_res_blocks):
       raise ValueError(f"channel_mult {self.channel_mult} and num_res_blocks {self.num_res_blocks} "
                        "must have one entry per level.")
@@ -128,7 +147,9 @@ class SpaceTimeUNet(nn.Module):
 
     x = layers.conv(cfg.channels, (3, 3), dtype=dtype, name="stem")(
         layers.fold_frames(x.astype(dtype)))
-    block = nn.remat(_Block, static_argnums=(6,)) if cfg.remat else _Block
+    policy = _remat_policy_name(cfg.remat)
+    block = _Block if policy == "none" else nn.remat(_Block, static_argnums=(6,),
+                                                     policy=REMAT_POLICIES[policy])
 
     skips = []
     for level, mult in enumerate(cfg.channel_mult):

@@ -10,10 +10,13 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
+
+from dreamix_jax import parallel
 
 OPTIMIZERS = ("adam", "adamw", "adafactor")
 
@@ -65,6 +68,27 @@ def init_state(params, optimizer: optax.GradientTransformation, *, ema: bool) ->
   ema_params = jax.tree_util.tree_map(jnp.copy, params) if ema else None
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=ema_params,
                     opt_state=optimizer.init(params), skipped=jnp.zeros((), jnp.int32))
+
+
+def abstract_state_shardings(layout: parallel.Layout, boxed_params,
+                             optimizer: optax.GradientTransformation, *, ema: bool):
+  """(abstract TrainState, its shardings on `layout`) from boxed parameter shapes
+  (`cascade.abstract_params(stage)`), without allocating anything."""
+  params = nn.meta.unbox(boxed_params)
+  param_shardings = layout.param_shardings(boxed_params)
+  abstract = jax.eval_shape(lambda p: init_state(p, optimizer, ema=ema), params)
+  return abstract, layout.state_shardings(abstract, params, param_shardings)
+
+
+def init_state_on(layout: parallel.Layout, boxed_params, params,
+                  optimizer: optax.GradientTransformation, *, ema: bool):
+  """(TrainState, its shardings): `params` (host or device arrays, identical on every process)
+  placed slice by slice on `layout`, and the optimizer state and EMA created under `jit` with
+  output shardings, so no device ever holds a full copy of a sharded tensor."""
+  _, shardings = abstract_state_shardings(layout, boxed_params, optimizer, ema=ema)
+  params = parallel.put(params, shardings.params)
+  state = jax.jit(lambda p: init_state(p, optimizer, ema=ema), out_shardings=shardings)(params)
+  return state, shardings
 
 
 def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, *,

@@ -1,0 +1,149 @@
+"""Memory planner: per-device bytes of a stage's Dreamix finetune step on a mesh, before buying one.
+
+  python -m dreamix_jax.tools.memory --config=configs/cascades/imagen_video.py --stage=base \
+      --mesh=fsdp:4 [--optimizer=adam|adamw|adafactor] [--remat=none|full|dots_saveable|dots_no_batch] \
+      [--batch=1] [--alpha=0.35] [--hbm_gib=32]
+
+Compiles the mixed finetune step (`train.losses.make_mixed_loss` + `train.state.make_train_step`,
+as `dreamix.finetune` runs it) ahead of time for the mesh on simulated CPU devices, from abstract
+inputs only (`jax.ShapeDtypeStruct`s with shardings: nothing is allocated), and reads XLA's
+`memory_analysis()`. Prints per-device bytes of parameters, gradients (parameter-sized, they live in
+XLA's temporary buffers), optimizer state and XLA's temporaries, the peak (arguments + outputs −
+donated aliases + temporaries), and whether it fits an HBM size (default 32 GiB, a TPU v4 chip).
+CPU compilation gives XLA's buffer assignment for a CPU program; a TPU's differs in fusion and
+layout, so read the answer as an estimate with ~10-20% slack.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+if __name__ == "__main__":  # before JAX starts: one simulated CPU device per mesh position
+  _mesh_arg = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--mesh=")), "fsdp:4")
+  _count = math.prod(abs(int(p.split(":")[1])) for p in _mesh_arg.split(",") if ":" in p)
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             f" --xla_force_host_platform_device_count={max(_count, 1)}").strip()
+
+import dataclasses  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from dreamix_jax import cascade as cascade_lib, parallel  # noqa: E402
+from dreamix_jax.models import unet  # noqa: E402
+from dreamix_jax.train import losses, state as state_lib  # noqa: E402
+
+GIB = 1 << 30
+
+
+def define_flags():
+  """Registers this tool's flags (only when it runs as a program, so importing it defines none)."""
+  config_flags.DEFINE_config_file("config", None, "A cascade config file.", lock_config=True)
+  flags.DEFINE_string("stage", "base", "The stage to finetune.")
+  flags.DEFINE_string("mesh", "fsdp:4", "Mesh sizes, e.g. 'fsdp:4' or 'data:2,fsdp:2' (no -1).")
+  flags.DEFINE_enum("optimizer", "adam", list(state_lib.OPTIMIZERS), "Optimizer.")
+  flags.DEFINE_string("remat", "", "Remat policy (default: the config's): "
+                      + " | ".join(unet.REMAT_POLICIES))
+  flags.DEFINE_string("dtype", "", "Compute dtype (default: the config's), e.g. bfloat16.")
+  flags.DEFINE_integer("batch", 1, "Finetuning batch (copies of the input video).")
+  flags.DEFINE_float("alpha", 0.35, "Mixed objective weight (0 or 1 compile one variant only).")
+  flags.DEFINE_float("hbm_gib", 32.0, "Memory per device, GiB (TPU v4: 32).")
+
+
+def _shard_bytes(tree) -> int:
+  """Bytes one device holds of an abstract tree with shardings (the largest shard per leaf)."""
+  total = 0
+  for leaf in jax.tree_util.tree_leaves(tree):
+    shape = leaf.sharding.shard_shape(leaf.shape)
+    total += math.prod(shape) * jnp.dtype(leaf.dtype).itemsize
+  return total
+
+
+def plan(cascade_config: ml_collections.ConfigDict, stage_name: str, layout: parallel.Layout, *,
+         optimizer: str = "adam", remat: str = "", dtype: str = "", batch: int = 1,
+         alpha: float = 0.35, hbm_bytes: int = 32 * GIB) -> dict:
+  """Compiles the stage's mixed finetune step for `layout` from abstract inputs; returns
+  per-device bytes {params, gradients, optimizer, xla_temp, arguments, outputs, aliased, peak}, the
+  parameter count, compile seconds and `fits` (peak ≤ hbm_bytes)."""
+  cascade = cascade_lib.Cascade.from_config(cascade_config, layout)
+  stage = cascade.stage(stage_name)
+  overrides = {k: v for k, v in (("remat", remat), ("dtype", dtype)) if v}
+  stage = dataclasses.replace(stage, unet=dataclasses.replace(stage.unet, **overrides))
+  boxed = cascade.abstract_params(stage)
+  opt = state_lib.make_optimizer(state_lib.optimizer_config(name=optimizer, lr=6e-6))
+  abstract, shardings = state_lib.abstract_state_shardings(layout, boxed, opt, ema=False)
+  state = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                 abstract, shardings)
+  _, apply = unet.make_denoiser(stage.unet)
+  loss = losses.make_mixed_loss(losses.make_stage_loss(apply, stage, cascade.schedule), stage,
+                                alpha)
+  step = state_lib.make_train_step(loss, opt)
+  f32 = jnp.float32
+  batch_shapes = dict(video=((batch,) + stage.shape + (3,), f32),
+                      text=((batch, cascade.text_len, cascade.text_dim), f32),
+                      text_mask=((batch, cascade.text_len), jnp.bool_),
+                      temporal_mask=((batch,), f32))
+  if stage.kind != "base":
+    batch_shapes["low"] = ((batch,) + stage.input_shape() + (3,), f32)
+  batch_abstract = {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in batch_shapes.items()}
+  batch_sh = layout.batch_shardings(batch_abstract)
+  batch_abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh[k])
+                    for k, v in batch_abstract.items()}
+  key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=layout.replicated)
+  jitted = jax.jit(layout.wrap(step), donate_argnums=(0,),
+                   in_shardings=(shardings, batch_sh, layout.replicated),
+                   out_shardings=(shardings, layout.replicated))
+  t0 = time.time()
+  compiled = jitted.lower(state, batch_abstract, key).compile()
+  seconds = time.time() - t0
+  mem = compiled.memory_analysis()
+  param_bytes = _shard_bytes(state.params)
+  out = dict(
+      stage=stage.name, mesh=dict(layout.mesh.shape), optimizer=optimizer,
+      remat=str(stage.unet.remat), dtype=stage.unet.dtype, batch=batch,
+      params_count=unet.count_params(boxed), compile_seconds=seconds,
+      params=param_bytes, gradients=param_bytes, optimizer_state=_shard_bytes(state.opt_state),
+      xla_temp=int(mem.temp_size_in_bytes), arguments=int(mem.argument_size_in_bytes),
+      outputs=int(mem.output_size_in_bytes), aliased=int(mem.alias_size_in_bytes))
+  out["peak"] = out["arguments"] + out["outputs"] - out["aliased"] + out["xla_temp"]
+  out["hbm"] = hbm_bytes
+  out["fits"] = out["peak"] <= hbm_bytes
+  return out
+
+
+def format_plan(p: dict) -> str:
+  gib = lambda b: f"{b / GIB:8.2f} GiB"
+  lines = [f"stage {p['stage']} ({p['params_count']:,} params), mesh {p['mesh']}, "
+           f"optimizer {p['optimizer']}, remat {p['remat']}, dtype {p['dtype']}, batch {p['batch']} "
+           f"(compiled in {p['compile_seconds']:.0f}s)",
+           "per device:"]
+  for name in ("params", "gradients", "optimizer_state", "xla_temp"):
+    lines.append(f"  {name:<16}{gib(p[name])}")
+  lines.append(f"  {'peak':<16}{gib(p['peak'])}  (arguments + outputs − donated + XLA temporaries; "
+               "gradients are inside the temporaries)")
+  lines.append(f"  fits {p['hbm'] / GIB:g} GiB: {'yes' if p['fits'] else 'NO'}")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  spec = parallel.parse_mesh(f.mesh)
+  if any(v == -1 for v in spec.values()):
+    raise app.UsageError("--mesh: give every axis size explicitly (the planner simulates them).")
+  layout = parallel.Layout(parallel.make_mesh(spec))
+  print(format_plan(plan(f.config, f.stage, layout, optimizer=f.optimizer, remat=f.remat,
+                         dtype=f.dtype, batch=f.batch, alpha=f.alpha,
+                         hbm_bytes=int(f.hbm_gib * GIB))))
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,148 @@
+"""The eval job: score a directory of results, or run the moving-shapes ablation benchmark.
+
+  python -m dreamix_jax.main --config=configs/eval.py:outputs=/tmp/dreamix/sweep --workdir=/tmp/eval
+  python -m dreamix_jax.main --config=configs/eval.py:benchmark=shapes --workdir=/tmp/ablation
+
+Scoring (`config.outputs`): every result folder below the directory (one holding meta.json and
+output.mp4, as every sampling job writes) gets a row of `scores.csv` / `scores.md` in the workdir:
+- always the temporal distance (mean RMS difference of consecutive frames; lower is stabler);
+- the frame-level CLIP score with the prompt when `config.clip_dir` holds a CLIP model;
+- temporal LPIPS when `config.lpips_weights` is a converted LPIPS file (tools/convert_lpips);
+- when the prompt is a moving-shapes caption, the probe's readings: an edit (the folder has
+  input.mp4) gets alignment, fidelity and success (`evaluate.scoring`; the source's attributes
+  are probed from input.mp4 unless meta.json names `source_caption`), a text-to-video sample gets
+  alignment alone.
+
+Benchmark (`config.benchmark = "shapes"`): see `evaluate.ablation`; writes ablation.csv/.md,
+ablation_edits.csv and ablation_success.png into the workdir.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+from absl import logging
+
+from dreamix_jax.data import shapes
+from dreamix_jax.data import video as video_io
+from dreamix_jax.evaluate import ablation, probe, report, scoring
+from dreamix_jax.evaluate import clip as clip_lib
+from dreamix_jax.evaluate import lpips as lpips_lib
+from dreamix_jax.jobs import common
+
+BENCHMARKS = ("shapes",)
+# The leading columns of scores.csv (the score columns follow, in first-seen order).
+ID_COLUMNS = ("folder", "prompt", "job", "setting", "s")
+
+
+def run(config, workdir: str) -> dict[str, str]:
+  """Runs what the config asks; returns {kind: path} of the files written."""
+  if bool(config.outputs) == bool(config.benchmark):
+    raise ValueError("Give exactly one of config.outputs (a directory of results to score, "
+                     "configs/eval.py:outputs=<dir>) and config.benchmark (configs/eval.py:"
+                     f"benchmark=shapes); got outputs={config.outputs!r}, "
+                     f"benchmark={config.benchmark!r}.")
+  os.makedirs(workdir, exist_ok=True)
+  if config.benchmark:
+    return run_benchmark(config, workdir)
+  rows = score_folders(config.outputs, clip_dir=config.clip_dir,
+                       lpips_weights=config.lpips_weights)
+  return write_scores(workdir, rows)
+
+
+def run_benchmark(config, workdir: str) -> dict[str, str]:
+  if config.benchmark not in BENCHMARKS:
+    raise ValueError(f"Unknown benchmark {config.benchmark!r}; use one of {BENCHMARKS}.")
+  timer = common.Timer()
+  with timer("load"):
+    cascade, params = common.load_cascade(config)
+    embedder = common.make_embedder(config, cascade)
+  rows = ablation.run_benchmark(cascade, params, embedder, config, workdir, timer)
+  paths = ablation.write_results(workdir, rows)
+  logging.info("ablation written to %s (timings %s)", paths["table_md"], timer.phases)
+  return paths
+
+
+def find_result_folders(root: str) -> list[str]:
+  """Folders below `root` (itself included) holding meta.json and output.mp4, sorted."""
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"config.outputs={root!r} is not a directory; point it at a job's "
+                            "output folder, e.g. <workdir>/edit/<name>.")
+  found = [d for d, _, files in os.walk(root) if {"meta.json", "output.mp4"} <= set(files)]
+  if not found:
+    raise ValueError(f"No result folders (with meta.json and output.mp4) under {root!r}.")
+  return sorted(found)
+
+
+def _read(path: str, shape=None) -> np.ndarray:
+  """A result video at its stored size: (T, H, W, 3) in [-1, 1]."""
+  if shape is None:
+    info = video_io.probe_video(path)
+    shape = (info.num_frames, info.height, info.width)
+  return video_io.read_video(path, int(shape[0]), int(shape[1]), int(shape[2]))
+
+
+def score_folders(root: str, *, clip_dir: str = "", lpips_weights: str = "") -> list[dict]:
+  """One row of scores per result folder under `root` (see the module docstring)."""
+  clip_scorer = lpips_model = None
+  if clip_dir:
+    clip_scorer = clip_lib.ClipScorer(clip_dir)
+  if lpips_weights:
+    lpips_model = lpips_lib.LpipsModel.from_safetensors(lpips_weights)
+  rows = []
+  for folder in find_result_folders(root):
+    with open(os.path.join(folder, "meta.json"), encoding="utf-8") as f:
+      meta = json.load(f)
+    if "prompt" not in meta:
+      raise ValueError(f"{folder}/meta.json has no prompt; it was not written by a dreamix job.")
+    output = _read(os.path.join(folder, "output.mp4"), meta.get("output_shape"))
+    fps = float(meta.get("fps") or video_io.probe_video(os.path.join(folder, "output.mp4")).fps)
+    prompt = meta["prompt"]
+    row = dict(folder=os.path.relpath(folder, root) if folder != root else ".", prompt=prompt,
+               job=meta.get("job", ""), setting=meta.get("setting", ""), s=meta.get("s", ""),
+               temporal_distance=scoring.temporal_distance(output))
+    if clip_scorer is not None:
+      row["clip_score"] = clip_scorer.score(output, prompt, fps)
+    if lpips_model is not None:
+      row["temporal_lpips"] = lpips_lib.temporal_lpips(output, lpips_model, fps)
+    row.update(_probe_scores(folder, meta, output))
+    rows.append(row)
+    logging.info("scored %s", folder)
+  return rows
+
+
+def _probe_scores(folder: str, meta: dict, output: np.ndarray) -> dict:
+  """The probe's columns for a moving-shapes prompt; {} for any other prompt."""
+  try:
+    target = shapes.parse_caption(meta["prompt"])
+  except ValueError:
+    return {}
+  input_path = os.path.join(folder, "input.mp4")
+  if not os.path.exists(input_path):
+    return dict(alignment=float(all(probe.probe(output).matches(target).values())))
+  source = _read(input_path, output.shape)
+  source_attributes = (shapes.parse_caption(meta["source_caption"])
+                       if meta.get("source_caption") else None)
+  try:
+    scores = scoring.edit_scores(output, source, target, source_attributes)
+  except ValueError as e:  # the input is not a moving-shapes clip
+    logging.warning("%s: no probe scores (%s)", folder, e)
+    return {}
+  return scores.row()
+
+
+def write_scores(workdir: str, rows: list[dict]) -> dict[str, str]:
+  """scores.csv (one row per result) and scores.md (the same, then the mean of each score)."""
+  columns = list(ID_COLUMNS) + [c for c in report.columns_of(rows) if c not in ID_COLUMNS]
+  numeric = [c for c in columns if c not in ID_COLUMNS
+             and all(isinstance(r.get(c, math.nan), float) for r in rows)]
+  mean = dict(folder="mean", **{c: float(np.nanmean([r.get(c, math.nan) for r in rows]))
+                                for c in numeric})
+  paths = {"csv": os.path.join(workdir, "scores.csv"), "md": os.path.join(workdir, "scores.md")}
+  report.write_text(paths["csv"], report.csv_text(rows, columns))
+  report.write_text(paths["md"], report.markdown_text(rows + [mean], columns,
+                                                      title=f"Scores of {len(rows)} results"))
+  return paths

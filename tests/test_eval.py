@@ -1,0 +1,164 @@
+"""The eval job (probe scores of result folders, CSV/markdown), the scoring rules and the ablation
+benchmark on the tiny random cascade."""
+
+import csv
+import dataclasses
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+
+from dreamix_jax.data import shapes
+from dreamix_jax.evaluate import ablation, report, scoring
+from dreamix_jax.jobs import common, evaluate
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SIZE = (32, 48, 80)
+SOURCE = shapes.ClipAttributes("circle", "red", "black", "right", x=30.0, y=24.0, size=14.0,
+                               speed=0.6, texture_seed=7)
+
+
+def load(config_arg):
+  path, _, arg = config_arg.partition(":")
+  spec = importlib.util.spec_from_file_location("job_config", ROOT / path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg or None)
+  config.lock()
+  return config
+
+
+def render(**changes):
+  return shapes.render(dataclasses.replace(SOURCE, **changes), *SIZE)
+
+
+def prompt(**changes):
+  return shapes.caption(dataclasses.replace(SOURCE.discrete(), **changes))
+
+
+@pytest.mark.parametrize("changes, asked, alignment, fidelity", [
+    (dict(color="blue"), dict(color="blue"), True, True),
+    (dict(color="blue", shape="square"), dict(color="blue"), False, False),
+    (dict(shape="triangle"), dict(shape="triangle"), True, True),
+    (dict(motion="up"), dict(motion="up"), True, True),
+    (dict(background="gray"), dict(background="gray"), True, True),
+    (dict(background="gray", texture_seed=8), dict(background="gray"), True, False),
+    (dict(color="blue", x=50.0), dict(color="blue"), True, False),
+    (dict(color="blue", size=10.0), dict(color="blue"), True, False),
+    ({}, dict(color="blue"), False, True),
+])
+def test_scores_of_constructed_edits(changes, asked, alignment, fidelity):
+  scores = scoring.edit_scores(render(**changes), render(), prompt(**asked), SOURCE)
+  assert (scores.alignment, scores.fidelity, scores.success) == (
+      alignment, fidelity, alignment and fidelity)
+  assert scores.changed == tuple(k for k in scoring.ATTRIBUTES if k in asked)
+  # Without the source's attributes the probe reads them from the source video: same verdict.
+  assert scoring.edit_scores(render(**changes), render(), prompt(**asked)).fidelity == fidelity
+
+
+def test_temporal_distance():
+  video = np.zeros((3, 4, 5, 3), np.float32)
+  video[1] = 0.5
+  assert scoring.temporal_distance(video) == pytest.approx(0.5)
+  with pytest.raises(ValueError, match="T >= 2"):
+    scoring.temporal_distance(video[:1])
+
+
+def test_edit_attributes_change_exactly_one_attribute():
+  clips = ablation.source_clips(12, data_seed=0)
+  for index, clip in enumerate(clips):
+    for category, field in ablation.CATEGORIES.items():
+      edited = ablation.edit_attributes(clip, category, index)
+      before, after = dataclasses.asdict(clip.discrete()), dataclasses.asdict(edited)
+      assert [k for k in before if before[k] != after[k]] == [field]
+      assert edited == ablation.edit_attributes(clip, category, index)
+  assert ablation.edit_attributes(SOURCE, "appearance", 0).color == "green"
+  assert ablation.edit_attributes(SOURCE, "appearance", 5).color == "blue"
+  with pytest.raises(ValueError, match="Unknown edit category"):
+    ablation.edit_attributes(SOURCE, "style", 0)
+
+
+def test_tables():
+  rows = [dict(a="x|y", b=0.123456), dict(a="z", c=float("nan"))]
+  assert report.csv_text(rows) == "a,b,c\nx|y,0.1235,\nz,,\n"
+  assert report.markdown_text(rows, title="T") == (
+      "## T\n\n| a | b | c |\n|---|---|---|\n| x\\|y | 0.1235 |  |\n| z |  |  |\n")
+
+
+def _write_result(folder, output, meta, source=None):
+  common.write_result(str(folder), output, 6.0, dict(meta, fps=6.0, output_shape=list(output.shape)),
+                      input_video=source)
+
+
+def test_eval_job_scores_result_folders(tmp_path):
+  results = tmp_path / "results"
+  _write_result(results / "edit" / "a_color", render(color="blue"),
+                dict(prompt=prompt(color="blue"), job="edit", s=0.9), render())
+  _write_result(results / "edit" / "b_color_and_shape", render(color="blue", shape="square"),
+                dict(prompt=prompt(color="blue"), job="edit", s=0.9), render())
+  _write_result(results / "edit" / "c_background_texture_lost",
+                render(background="gray", texture_seed=8),
+                dict(prompt=prompt(background="gray"), job="edit",
+                     source_caption=shapes.caption(SOURCE)), render())
+  _write_result(results / "sample" / "d_text2video", render(motion="left", x=60.0),
+                dict(prompt=prompt(motion="left"), job="text2video"))
+  _write_result(results / "sample" / "e_other", render(), dict(prompt="a bear dancing"))
+  config = load(f"configs/eval.py:outputs={results}")
+  paths = evaluate.run(config, str(tmp_path / "eval"))
+  with open(paths["csv"]) as f:
+    rows = {r["folder"]: r for r in csv.DictReader(f)}
+  assert list(rows) == ["edit/a_color", "edit/b_color_and_shape", "edit/c_background_texture_lost",
+                        "sample/d_text2video", "sample/e_other"]
+  verdicts = {k: (r["alignment"], r["fidelity"], r["success"]) for k, r in rows.items()}
+  assert verdicts == {"edit/a_color": ("1", "1", "1"), "edit/b_color_and_shape": ("0", "0", "0"),
+                      "edit/c_background_texture_lost": ("1", "0", "0"),
+                      "sample/d_text2video": ("1", "", ""), "sample/e_other": ("", "", "")}
+  assert rows["edit/a_color"]["changed"] == "color"
+  assert float(rows["edit/a_color"]["texture_correlation"]) > 0.9
+  assert all(float(r["temporal_distance"]) > 0 for r in rows.values())
+  assert rows["edit/a_color"]["s"] == "0.9" and rows["sample/d_text2video"]["job"] == "text2video"
+  md = pathlib.Path(paths["md"]).read_text().splitlines()
+  assert md[0] == "## Scores of 5 results"
+  assert md[2].startswith("| folder | prompt | job | setting | s | temporal_distance |")
+  assert len(md) == 4 + 5 + 1 and md[-1].startswith("| mean |")
+  # Mean alignment over the four shapes prompts: (1 + 0 + 1 + 1) / 4.
+  header = [c.strip() for c in md[2].strip("|").split("|")]
+  assert md[-1].strip("|").split("|")[header.index("alignment")].strip() == "0.75"
+
+
+def test_eval_config_errors(tmp_path):
+  with pytest.raises(ValueError, match="exactly one of config.outputs"):
+    evaluate.run(load("configs/eval.py"), str(tmp_path))
+  with pytest.raises(ValueError, match="exactly one of config.outputs"):
+    evaluate.run(load(f"configs/eval.py:outputs={tmp_path},benchmark=shapes"), str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="not a directory"):
+    evaluate.run(load(f"configs/eval.py:outputs={tmp_path / 'none'}"), str(tmp_path))
+  with pytest.raises(ValueError, match="No result folders"):
+    evaluate.run(load(f"configs/eval.py:outputs={tmp_path}"), str(tmp_path))
+  with pytest.raises(ValueError, match="Unknown benchmark"):
+    evaluate.run(load("configs/eval.py:benchmark=faces"), str(tmp_path))
+
+
+def test_ablation_runlocal(tmp_path):
+  """1 clip x 4 categories x 4 methods on the tiny random cascade, tiny finetunes."""
+  config = load("configs/eval.py:benchmark=shapes,runlocal")
+  paths = evaluate.run(config, str(tmp_path))
+  with open(paths["edits"]) as f:
+    edits = list(csv.DictReader(f))
+  assert sorted((r["method"], r["category"]) for r in edits) == sorted(
+      (m, c) for m in ablation.METHODS for c in ablation.CATEGORIES)
+  for r in edits:
+    target = shapes.parse_caption(r["prompt"])
+    assert r["changed"] == ablation.CATEGORIES[r["category"]]
+    assert target == ablation.edit_attributes(shapes.parse_caption(r["source"]), r["category"], 0)
+    assert r["success"] == str(int(r["alignment"] == r["fidelity"] == "1"))
+  with open(paths["table_csv"]) as f:
+    table = list(csv.reader(f))
+  assert table[0] == list(ablation.SUMMARY_COLUMNS)
+  assert [(r[0], r[1], r[2]) for r in table[1:]] == [
+      (m, c, "4" if c == "all" else "1") for m in ablation.METHODS
+      for c in list(ablation.CATEGORIES) + ["all"]]
+  assert pathlib.Path(paths["table_md"]).read_text().count("\n| ") == 1 + 20
+  assert pathlib.Path(paths["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert (tmp_path / "ablation_clips" / "clip000.png").is_file()

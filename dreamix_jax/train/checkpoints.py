@@ -63,6 +63,7 @@ def save_params(path: str, params: Mapping, metadata: Mapping[str, str] | None =
   os.close(fd)
   try:
     safetensors.numpy.save_file(flatten(params), tmp, metadata=dict(metadata or {}))
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -146,6 +147,7 @@ def write_json_atomic(path: str, obj) -> None:
   try:
     with os.fdopen(fd, "w") as f:
       json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

@@ -8,7 +8,8 @@ run: `finetune_at_steps` trains to the smallest count, hands the parameters out,
 The train step of a (stage, α, optimizer) is built once per process and cached, so every further
 finetune with the same settings (another step count, another input video) reuses its compiled
 program. The objective, batch and loop are those of `dreamix.finetune.finetune_stage` (without
-orbax checkpoints: these runs are short and their parameters are consumed at once).
+orbax checkpoints: these runs are short and their parameters are consumed at once), on the
+cascade's layout (mesh) when it has one.
 """
 
 from __future__ import annotations
@@ -68,12 +69,18 @@ def finetune_at_steps(cascade: cascade_lib.Cascade, params: dict, video, text, t
                     tuple(cfg.stages), cascade.names)
   views = finetune.stage_views(cascade, jnp.asarray(video), names[-1]) if names else {}
   optimizer_items = tuple(sorted(cfg.optimizer.to_dict().items()))
-  states, step_fns, batches = {}, {}, {}
+  states, shardings, step_fns, batches = {}, {}, {}, {}
   for name in names:
     stage = cascade.stage(name)
     optimizer, step_fns[name] = _trainer(stage, cascade.schedule, float(cfg.alpha), cfg.weighting,
                                          float(cfg.ema_decay), optimizer_items)
-    states[name] = state_lib.init_state(params[name], optimizer, ema=cfg.ema_decay > 0)
+    if cascade.layout is None:
+      states[name] = state_lib.init_state(params[name], optimizer, ema=cfg.ema_decay > 0)
+      shardings[name] = None
+    else:
+      states[name], shardings[name] = state_lib.init_state_on(
+          cascade.layout, cascade.abstract_params(stage), params[name], optimizer,
+          ema=cfg.ema_decay > 0)
     batches[name] = _stage_batch(cascade, stage, views, text, text_mask, cfg.batch_size)
   for k in targets:
     for name in names:
@@ -82,5 +89,6 @@ def finetune_at_steps(cascade: cascade_lib.Cascade, params: dict, video, text, t
                                      name=f"finetune/{name}")
       batch = batches[name]
       states[name], _ = loop_lib.run(loop_cfg, states[name], step_fns[name], lambda step: batch,
-                                     checkpoint_dir=None)
+                                     checkpoint_dir=None, layout=cascade.layout,
+                                     state_shardings=shardings[name])
     yield k, dict(params, **{name: states[name].eval_params for name in names})

@@ -23,6 +23,8 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["dreamix_jax", "dreamix_jax.*"]),
     install_requires=_requirements(),
     extras_require={
-        "test": ["pytest==9.2.0", "torch==2.13.0"],
+        # nbclient/nbformat/ipykernel: tests/test_launch.py executes the Colab notebook headlessly.
+        "test": ["pytest==9.2.0", "torch==2.13.0", "nbclient==0.11.0", "nbformat==5.11.1",
+                 "ipykernel==7.4.0"],
     },
 )

@@ -80,13 +80,40 @@ def conv(features, kernel_size, *, strides=1, zero_init=False, dtype=jnp.float32
                  bias_init=_init(nn.initializers.zeros_init(), ("mlp",)), name=name)
 
 
+class GroupNorm(nn.Module):
+  """GroupNorm over all axes but the first (batch) and last (channels), statistics in float32.
+
+  Same parameters ('scale', 'bias': (C,)) and numerics as `nn.GroupNorm` (up to float rounding). The
+  per-channel sums are matrix-vector products over the flattened positions rather than reductions
+  over a (N, positions, groups, C/groups) view: on CPU that reduction (and its gradient) is several
+  times slower than the U-Net's convolutions around it; on accelerators both are cheap.
+  x: (N, ..., C) -> same shape, in `dtype`.
+  """
+
+  num_groups: int
+  epsilon: float = 1e-6
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    n, c = x.shape[0], x.shape[-1]
+    per_group = c // self.num_groups
+    scale = self.param("scale", _init(nn.initializers.ones_init(), ("mlp",)), (c,))
+    bias = self.param("bias", _init(nn.initializers.zeros_init(), ("mlp",)), (c,))
+    flat = x.reshape(n, -1, c).astype(jnp.float32)
+    average = jnp.full((flat.shape[1],), 1.0 / flat.shape[1], jnp.float32)
+    mean_c = jnp.einsum("nlc,l->nc", flat, average)  # (N, C) per-channel means
+    sq_c = jnp.einsum("nlc,l->nc", jnp.square(flat), average)
+    mean = mean_c.reshape(n, self.num_groups, per_group).mean(-1)  # (N, G)
+    var = jnp.maximum(sq_c.reshape(n, self.num_groups, per_group).mean(-1) - jnp.square(mean), 0.0)
+    inv = jnp.repeat(jax.lax.rsqrt(var + self.epsilon), per_group, axis=1) * scale  # (N, C)
+    shift = bias - jnp.repeat(mean, per_group, axis=1) * inv
+    return (flat * inv[:, None] + shift[:, None]).astype(self.dtype).reshape(x.shape)
+
+
 def group_norm(x, *, groups=32, dtype, name=None):
   """GroupNorm with `min(groups, C)` groups (dividing C), statistics in float32."""
-  c = x.shape[-1]
-  g = math.gcd(groups, c)
-  return nn.GroupNorm(num_groups=g, dtype=dtype, param_dtype=jnp.float32,
-                      scale_init=_init(nn.initializers.ones_init(), ("mlp",)),
-                      bias_init=_init(nn.initializers.zeros_init(), ("mlp",)), name=name)(x)
+  return GroupNorm(num_groups=math.gcd(groups, x.shape[-1]), dtype=dtype, name=name)(x)
 
 
 def layer_norm(x, *, dtype, name=None):
@@ -270,6 +297,36 @@ class TemporalAttention(nn.Module):
     return x + unfold_positions(out, b, h, w)
 
 
+class FrameConv(nn.Module):
+  """'SAME' convolution over the frame axis of a (B, T, H, W, C) video, in place (no transposes).
+
+  The kernel is `nn.Conv`'s 1-D layout, (kernel, C_in, features) with bias (features,), so the
+  parameters are those of a 1-D `conv` over `fold_positions(x)`; the compute is one matmul of the
+  frame-shifted copies concatenated on channels, (B·T·H·W, kernel·C_in) @ (kernel·C_in, features),
+  which avoids moving every activation twice to fold and unfold positions.
+  x: (B, T, H, W, C_in) -> (B, T, H, W, features) in `dtype`.
+  """
+
+  features: int
+  kernel: int = 3
+  zero_init: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    t, c = x.shape[1], x.shape[-1]
+    kinit = nn.initializers.zeros_init() if self.zero_init else nn.initializers.lecun_normal()
+    kernel = self.param("kernel", _init(kinit, (None, "embed", "mlp")),
+                        (self.kernel, c, self.features))
+    bias = self.param("bias", _init(nn.initializers.zeros_init(), ("mlp",)), (self.features,))
+    before = (self.kernel - 1) // 2  # lax 'SAME': the extra pad of an even kernel goes after.
+    padded = jnp.pad(x.astype(self.dtype),
+                     ((0, 0), (before, self.kernel - 1 - before), (0, 0), (0, 0), (0, 0)))
+    shifted = jnp.concatenate([padded[:, i:i + t] for i in range(self.kernel)], axis=-1)
+    y = jnp.dot(shifted, kernel.reshape(self.kernel * c, self.features).astype(self.dtype))
+    return y + bias.astype(self.dtype)
+
+
 class TemporalConv(nn.Module):
   """Residual temporal convolution: norm -> swish -> conv over frames (kernel 3), zero-initialised.
 
@@ -282,12 +339,12 @@ class TemporalConv(nn.Module):
 
   @nn.compact
   def __call__(self, x, frame_mask):
-    b, t, h, w, c = x.shape
+    c = x.shape[-1]
     y = group_norm(fold_frames(x), dtype=self.dtype, name="norm")
-    y = fold_positions(nn.swish(y).reshape(x.shape))
-    y = conv(c, (self.kernel,), zero_init=True, dtype=self.dtype, name="conv")(y)
+    y = nn.swish(y).reshape(x.shape)
+    y = FrameConv(c, self.kernel, zero_init=True, dtype=self.dtype, name="conv")(y)
     keep = 1.0 - _frame_flags(frame_mask).astype(y.dtype)
-    return x + unfold_positions(y, b, h, w) * keep[:, None, None, None, None]
+    return x + y * keep[:, None, None, None, None]
 
 
 def _frame_flags(frame_mask):

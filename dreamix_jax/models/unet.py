@@ -169,14 +169,20 @@ class SpaceTimeUNet(nn.Module):
         x = block(cfg, level, cfg.channels * cfg.channel_mult[level], name=f"up_{level}_{i}")(
             x, emb, text, text_mask, temporal_mask, train)
       if level > 0:
-        n, hh, ww, c = x.shape
-        x = jax.image.resize(x, (n, 2 * hh, 2 * ww, c), "nearest")
+        x = upsample_nearest(x)
         x = layers.conv(cfg.channels * cfg.channel_mult[level - 1], (3, 3), dtype=dtype,
                         name=f"up_{level}")(x)
 
     x = nn.swish(layers.group_norm(x, dtype=dtype, name="out_norm"))
     x = layers.conv(cfg.out_channels, (3, 3), zero_init=True, dtype=dtype, name="out")(x)
     return layers.unfold_frames(x, b).astype(jnp.float32)
+
+
+def upsample_nearest(x):
+  """2× nearest-neighbour upsampling, (N, H, W, C) -> (N, 2H, 2W, C), as a broadcast (equal to
+  `jax.image.resize(..., "nearest")`, which lowers to gathers that are slow on CPU)."""
+  n, h, w, c = x.shape
+  return jnp.broadcast_to(x[:, :, None, :, None], (n, h, 2, w, 2, c)).reshape(n, 2 * h, 2 * w, c)
 
 
 class _Block(nn.Module):

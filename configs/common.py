@@ -4,6 +4,7 @@ import pathlib
 
 import ml_collections
 
+from dreamix_jax import parallel
 from dreamix_jax.jobs import common as jobs_common
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -28,4 +29,9 @@ def base_config(job: str, runlocal: bool) -> ml_collections.ConfigDict:
   config.seed = 0
   config.seeds = (0,)
   config.overwrite = runlocal
+  # Sharding (dreamix_jax.parallel): mesh sizes (-1 fills the devices), logical-axis rules, and
+  # multi-host start-up. `runlocal` stays on one device.
+  config.mesh = dict(data=1 if runlocal else -1, fsdp=1, tensor=1)
+  config.logical_axis_rules = parallel.DEFAULT_RULES
+  config.distributed = parallel.distributed_config()
   return config

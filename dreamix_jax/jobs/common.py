@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dreamix_jax import cascade as cascade_lib
+from dreamix_jax import cascade as cascade_lib, parallel
 from dreamix_jax.data import outputs
 from dreamix_jax.models import text_encoder
 from dreamix_jax.train import checkpoints
@@ -28,16 +28,23 @@ def load_cascade(config: ml_collections.ConfigDict):
 
   With `config.checkpoint = ""` the stages are randomly initialised (seeded by `config.seed`): useful
   for smoke runs (`:runlocal`), and said loudly in the log.
+
+  With `config.mesh` the cascade carries a `parallel.Layout` (sampling and finetuning run sharded on
+  it) and the parameters are laid out on it: loaded ones slice by slice, random ones initialised
+  under `jit` with output shardings. `config.distributed.enabled` starts `jax.distributed` first.
   """
-  cascade = cascade_lib.Cascade.from_config(config.cascade)
+  parallel.initialize(config.get("distributed"))
+  cascade = cascade_lib.Cascade.from_config(config.cascade, parallel.layout_from_config(config))
   if config.checkpoint:
     params = checkpoints.load_cascade(config.checkpoint, cascade)
+    params = {s.name: cascade.place_params(s, params[s.name]) for s in cascade.stages}
     logging.info("Loaded cascade %r from %s.", config.cascade.name, config.checkpoint)
   else:
     logging.warning("config.checkpoint is empty: using RANDOMLY INITIALISED stages (%s). Outputs "
                     "are noise-like; pass --config.checkpoint=<cascade dir> for real results.",
                     cascade.names)
-    params = {s.name: cascade.init_params(jax.random.PRNGKey(config.seed + i), s)
+    init = cascade.init_params if cascade.layout is None else cascade.init_params_sharded
+    params = {s.name: init(jax.random.PRNGKey(config.seed + i), s)
               for i, s in enumerate(cascade.stages)}
   return cascade, params
 

@@ -119,7 +119,9 @@ def load_cascade(directory: str, cascade: cascade_lib.Cascade,
                  stages: list[str] | None = None) -> dict[str, Any]:
   """{stage name: params} for `stages` (default: all), validated against the cascade's shapes."""
   if not os.path.isdir(directory):
-    raise CheckpointError(f"Cascade checkpoint directory {directory!r} does not exist.")
+    raise CheckpointError(f"Cascade checkpoint directory {directory!r} does not exist. Pass "
+                          "--config.checkpoint=<a cascade directory> (one <stage>.safetensors per "
+                          "stage, e.g. <workdir>/cascade from configs/pretrain.py).")
   out = {}
   for name in stages or cascade.names:
     path = os.path.join(directory, f"{name}.safetensors")

@@ -1,0 +1,79 @@
+"""The benchmark scripts run end to end in their `--tiny` mode and print well-formed tables.
+
+Timings are not checked (CPU under test load); the tables' columns, row names and the numeric,
+positive figures are.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "benchmarks")
+sys.path.insert(0, BENCH)
+
+import edit_phases  # pylint: disable=g-import-not-at-top,wrong-import-position
+import sampler_loop  # pylint: disable=g-import-not-at-top,wrong-import-position
+import unet_step  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def run_script(name, *args):
+  """Runs benchmarks/<name> --tiny; returns (title line, header cells, rows of cells)."""
+  proc = subprocess.run([sys.executable, os.path.join(BENCH, name), "--tiny", *args],
+                        capture_output=True, text=True, cwd=ROOT, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = [line for line in proc.stdout.splitlines() if line.strip()]
+  title = [line for line in lines if line.startswith("## ")]
+  table = [[c.strip() for c in line.strip("|").split("|")] for line in lines
+           if line.startswith("|")]
+  assert len(title) == 1 and table, proc.stdout
+  assert all(set(c) == {"-"} for c in table[1]), "second table line must be the separator"
+  return title[0], table[0], table[2:]
+
+
+def _positive(cell):
+  return float(cell) > 0
+
+
+def test_unet_step_table():
+  title, header, rows = run_script("unet_step.py", "--configs=base")
+  assert "dtype=float32" in title
+  assert tuple(header) == unet_step.COLUMNS
+  assert [(r[0], r[1]) for r in rows] == [("base", s) for s in ("video", "mixed", "sampler")]
+  col = {name: i for i, name in enumerate(header)}
+  for r in rows:
+    for name in ("params_M", "GFLOP", "time_s", "GFLOP/s", "peak_GFLOP/s", "frac_peak"):
+      assert _positive(r[col[name]]), (name, r)
+  # The guided base stage runs CFG's two branches in one call: batch 2 for one prompt.
+  assert int(rows[2][col["batch"]]) == 2
+  assert _positive(rows[1][col["x_video"]]) and rows[0][col["x_video"]] == "-"
+  # The mixed step runs two variants: about twice the video step's FLOPs.
+  assert 1.8 < float(rows[1][col["GFLOP"]]) / float(rows[0][col["GFLOP"]]) < 2.2
+
+
+def test_sampler_loop_table_and_no_recompiles():
+  _, header, rows = run_script("sampler_loop.py", "--configs=base")
+  assert tuple(header) == sampler_loop.COLUMNS
+  assert [r[0] for r in rows] == ["base"]
+  col = {name: i for i, name in enumerate(header)}
+  assert int(rows[0][col["steps"]]) == 4 and rows[0][col["guided"]] == "True"  # tiny base sampler
+  row = rows[0]
+  assert _positive(row[col["loop_s"]]) and _positive(row[col["call_s"]])
+  assert float(row[col["steps_x_call_s"]]) == pytest.approx(4 * float(row[col["call_s"]]), rel=0.01)
+  assert float(row[col["overhead_pct"]]) > -100.0
+  assert int(row[col["recompiles"]]) == 0  # a new prompt, seed and t_start reuse the program
+
+
+def test_edit_phases_table():
+  title, header, rows = run_script("edit_phases.py")
+  assert "1 finetuning steps" in title
+  assert tuple(header) == edit_phases.COLUMNS
+  names = [r[0] for r in rows]
+  assert sorted(names[:-2]) == ["finetune", "load", "read_input", "sample"]  # the job's phases
+  assert names[-2:] == ["untimed", "total"]
+  seconds = {r[0]: float(r[1]) for r in rows}
+  assert seconds["total"] == pytest.approx(sum(v for k, v in seconds.items() if k != "total"),
+                                           rel=0.02)
+  assert float(rows[-1][2]) == 100.0

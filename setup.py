@@ -25,6 +25,6 @@ setuptools.setup(
     extras_require={
         # nbclient/nbformat/ipykernel: tests/test_launch.py executes the Colab notebook headlessly.
         "test": ["pytest==9.2.0", "torch==2.13.0", "nbclient==0.11.0", "nbformat==5.11.1",
-                 "ipykernel==7.4.0"],
+                 "ipykernel==7.4.0", "hypothesis==6.170.15"],
     },
 )

@@ -30,6 +30,7 @@ def get_config(arg=None):
   config.on_nonfinite = "stop"
   config.log_every = 2 if arg.runlocal else 50
   config.checkpoint_every = 3 if arg.runlocal else 500
+  config.checkpoint_every_minutes = 0.0 if arg.runlocal else 10.0  # also on SIGTERM/SIGINT
   config.sample_every = 3 if arg.runlocal else 2000
   config.sample_prompts = ("a red circle moving right on a black background",
                            "a blue square moving up on a gray background")

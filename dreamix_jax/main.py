@@ -3,6 +3,11 @@
 The config (locked: a misspelt field is an error; any field can be overridden, e.g.
 `--config.finetune.steps=300`) names the job in `config.job`; each job is a plain
 `run(config, workdir)` function in `dreamix_jax.jobs`.
+
+Exit codes: 0 done; 2 bad input or config (one line on stderr saying what is wrong and what to do);
+3 training stopped on a non-finite loss (the last good checkpoint is kept);
+`preemption.EXIT_CODE` (75) preempted by SIGTERM/SIGINT after saving a checkpoint: re-run the same
+command to resume.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+EXIT_BAD_INPUT = 2
+EXIT_NONFINITE = 3
 JOBS = ("sample", "edit", "image2video", "subject", "pretrain", "sweep", "eval")
 
 
@@ -46,17 +53,67 @@ def get_job(name: str):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  config = flags.FLAGS.config
-  workdir = flags.FLAGS.workdir
-  run = get_job(config.job)
-  logging.info("job %s, workdir %s\n%s", config.job, workdir, config)
   try:
+    config = flags.FLAGS.config
+    job = config.job  # a config file that failed to load surfaces on first use
+  except OSError as e:
+    last = [line.strip() for line in str(e).splitlines() if line.strip()][-1]
+    _usage_error(f"could not load the --config file ({last}); give configs/<job>.py[:args] "
+                 "relative to the repository root.")
+  workdir = flags.FLAGS.workdir
+  from dreamix_jax.train import loop, preemption
+  try:
+    run = get_job(job)
+    logging.info("job %s, workdir %s\n%s", job, workdir, config)
     run(config, workdir)
+  except preemption.Preempted as e:
+    _exit(f"preempted: {e}", preemption.EXIT_CODE)
+  except loop.NonFiniteLossError as e:
+    _exit(f"error: {e}", EXIT_NONFINITE)
   except (ValueError, FileNotFoundError, FileExistsError) as e:
     # Bad input: one clear message instead of a traceback.
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _exit(f"error: {e}", EXIT_BAD_INPUT)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with every config problem (a missing config file, an unknown `:arg`, a
+  misspelt `--config.<field>` override on the locked config, a value of the wrong type) answered by
+  one line on stderr and exit code 2 instead of a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError):
+    config_arg = next((a.partition("=")[2] for a in argv[1:] if a.startswith("--config=")), None)
+    config = flags.FLAGS["config"].parser.parse(config_arg) if config_arg else None
+    overrides = [a[len("--config."):].partition("=")[0] for a in argv[1:]
+                 if a.startswith("--config.")]
+    unknown = [o for o in overrides if not _has_field(config, o)]
+    valid = sorted(config.keys()) if config is not None else []
+    _usage_error(f"unknown config field(s) {unknown}: the config is locked, so a misspelt "
+                 f"--config.<field> is an error; its top-level fields are {valid}.")
+  except (flags.Error, OSError, ValueError, TypeError) as e:
+    # Errors raised inside a config file arrive wrapped with their traceback; keep the last line.
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    _usage_error(f"bad flags: {lines[-1] if lines else e}")
+
+
+def _usage_error(message: str):
+  print(f"error: {message}", file=sys.stderr)  # logging is not set up before the flags are parsed
+  sys.exit(EXIT_BAD_INPUT)
+
+
+def _has_field(config, path: str) -> bool:
+  node = config
+  for part in path.split("."):
+    if node is None or not hasattr(node, "keys") or part not in node.keys():
+      return False
+    node = node[part]
+  return True
+
+
+def _exit(message: str, code: int):
+  logging.error("%s", message)
+  print(message, file=sys.stderr)
+  sys.exit(code)
 
 
 if __name__ == "__main__":
@@ -64,4 +121,4 @@ if __name__ == "__main__":
                                   lock_config=True)
   flags.DEFINE_string("workdir", "/tmp/dreamix", "Where the job writes checkpoints and outputs.")
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -33,6 +33,7 @@ import dataclasses
 import math
 import os
 import re
+import struct
 import subprocess
 from typing import Callable, Iterator, Sequence
 
@@ -47,6 +48,9 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", "
 _ACCEPTED_VIDEOS = ", ".join(VIDEO_EXTENSIONS + GIF_EXTENSIONS) + ", or a folder of frames"
 _ACCEPTED_IMAGES = ", ".join(IMAGE_EXTENSIONS)
 
+# What Pillow raises on truncated or damaged files (a "broken PNG" is a SyntaxError).
+_DAMAGED = (UnidentifiedImageError, OSError, IndexError, EOFError, ValueError, SyntaxError,
+            struct.error)
 # Timestamps within this many seconds count as equal (far below any frame period).
 _TIME_TOLERANCE = 1e-6
 # Browsers play gif delays of 10 ms or less at 100 ms; so do we.
@@ -181,7 +185,8 @@ def _describe_file(path: str) -> str:
   signatures = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image",
                 b"GIF8": "a GIF image", b"PK\x03\x04": "a ZIP archive", b"%PDF": "a PDF document",
                 b"\x1a\x45\xdf\xa3": "a Matroska/WebM video",
-                b"RIFF": "a RIFF (AVI/WAV/WebP) file"}
+                b"RIFF": "a RIFF (AVI/WAV/WebP) file", b"II*\x00": "a TIFF image",
+                b"MM\x00*": "a TIFF image", b"BM": "a BMP image"}
   for signature, description in signatures.items():
     if head.startswith(signature):
       return description
@@ -221,8 +226,13 @@ def _open_image(path: str) -> Image.Image:
     with Image.open(path) as image:
       image.load()
       return ImageOps.exif_transpose(image)
-  except (UnidentifiedImageError, OSError) as error:
+  except _DAMAGED as error:
     description = _describe_file(path)
+    if description.endswith("image"):
+      raise VideoInputError(f"{path!r} is {description} that could not be decoded ({error}): "
+                            "truncated, damaged, or in an unsupported pixel format or compression. "
+                            "Re-export it as 8-bit RGB, e.g. `ffmpeg -i <in> -pix_fmt rgb24 "
+                            "<out>.png`.") from error
     raise VideoInputError(f"{path!r} could not be read as an image: it seems to be {description}. "
                           f"Accepted images: {_ACCEPTED_IMAGES}.") from error
 
@@ -247,9 +257,12 @@ def _count_video_packets(path: str) -> int:
     raise VideoInputError(f"{path!r} has no video stream (it seems to be {_describe_file(path)} "
                           "holding only audio or nothing); give a video file.")
   last_line = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "no message"
-  raise VideoInputError(f"{path!r} could not be read as a video: it seems to be "
-                        f"{_describe_file(path)} (ffmpeg: {last_line}). Accepted inputs: "
-                        f"{_ACCEPTED_VIDEOS}.")
+  description = _describe_file(path)
+  if description.endswith(("container", "video")):
+    raise VideoInputError(f"{path!r} is {description} that ffmpeg could not read ({last_line}): "
+                          "it is probably truncated or damaged; re-download or re-encode it.")
+  raise VideoInputError(f"{path!r} could not be read as a video: it seems to be {description} "
+                        f"(ffmpeg: {last_line}). Accepted inputs: {_ACCEPTED_VIDEOS}.")
 
 
 def _probe_ffmpeg(path: str) -> VideoInfo:
@@ -288,9 +301,10 @@ def _probe_gif(path: str) -> VideoInfo:
     delays = _gif_delays_ms(path)
     with Image.open(path) as gif:
       width, height = gif.size
-  except (UnidentifiedImageError, OSError) as error:
+  except _DAMAGED as error:
     raise VideoInputError(f"{path!r} could not be read as a gif: it seems to be "
-                          f"{_describe_file(path)}.") from error
+                          f"{_describe_file(path)} ({error!r}); a gif that fails like this is "
+                          "truncated or damaged: re-export or re-download it.") from error
   return VideoInfo("gif", len(delays), True, 1000.0 * len(delays) / sum(delays), height, width)
 
 
@@ -331,8 +345,13 @@ def _gif_frames(path: str) -> Iterator[_Frame]:
   with Image.open(path) as gif:
     start = 0.0
     for index in range(gif.n_frames):
-      gif.seek(index)
-      rgba = np.asarray(gif.convert("RGBA"))
+      try:
+        gif.seek(index)
+        rgba = np.asarray(gif.convert("RGBA"))
+      except _DAMAGED as error:
+        raise VideoInputError(f"{path!r}: frame {index} of the gif could not be decoded ({error}); "
+                              "the file is truncated or damaged; re-export or re-download it."
+                              ) from error
       delay = gif.info.get("duration") or 0
       duration = (delay if delay > 10 else _GIF_DEFAULT_DELAY_MS) / 1000.0
       yield _Frame(index, start, duration, lambda rgba=rgba: _composite_on_black(rgba))

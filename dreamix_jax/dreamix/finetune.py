@@ -6,8 +6,9 @@ view) pairs with noise-conditioning augmentation. The objective is α·L_vid + (
 jitted step, both variants vmapped; see `dreamix_jax.train.losses.make_mixed_loss`). α = 0 finetunes
 on frames only (image-to-video and subject-driven generation, where there is no real video).
 
-Checkpoints go to `<workdir>/finetune/<stage>/` (orbax, resumable); the finetuned parameters are
-exported to `<workdir>/finetuned_cascade/` beside — never over — the pretrained cascade (by process 0).
+Checkpoints go to `<workdir>/finetune/<stage>/` (orbax, resumable: every `checkpoint_every` steps
+and `checkpoint_every_minutes`, and on SIGTERM/SIGINT); the finetuned parameters are exported to
+`<workdir>/finetuned_cascade/` beside — never over — the pretrained cascade (by process 0).
 With `cascade.layout` set, the state is sharded on its mesh and the step is jitted with shardings.
 """
 
@@ -30,10 +31,26 @@ def finetune_config(**overrides) -> ml_collections.ConfigDict:
   cfg = ml_collections.ConfigDict(dict(
       enabled=True, alpha=0.35, steps=300, batch_size=1, prompt="sks", stages=("base", "ssr1", "ssr2"),
       ema_decay=0.0, weighting="v", seed=0, log_every=10, checkpoint_every=100,
-      on_nonfinite="stop",
+      checkpoint_every_minutes=10.0, on_nonfinite="stop",
       optimizer=state_lib.optimizer_config(name="adam", lr=6e-6, grad_clip=1.0)))
   cfg.update(overrides)
   return cfg
+
+
+def check_config(cfg: ml_collections.ConfigDict) -> None:
+  """Raises a ValueError naming the field and its valid range for an out-of-range finetune setting
+  (called before a job creates anything; fields a job sets per run, e.g. the sweep's α and steps,
+  may be absent)."""
+  checks = dict(alpha=(lambda v: 0.0 <= v <= 1.0, "in [0, 1] (the weight of the full-video loss)"),
+                steps=(lambda v: v >= 0, "≥ 0"), batch_size=(lambda v: v >= 1, "≥ 1"),
+                log_every=(lambda v: v >= 1, "≥ 1"),
+                checkpoint_every=(lambda v: v >= 0, "≥ 0 (0: no step-count checkpoints)"),
+                checkpoint_every_minutes=(lambda v: v >= 0, "≥ 0 (0: no timed checkpoints)"),
+                on_nonfinite=(lambda v: v in ("stop", "skip"), "'stop' or 'skip'"))
+  for field, (ok, valid) in checks.items():
+    if field in cfg and not ok(cfg[field]):
+      raise ValueError(f"finetune.{field} must be {valid}, got {cfg[field]!r}; fix "
+                       f"--config.finetune.{field}.")
 
 
 def stage_views(cascade: cascade_lib.Cascade, video, top_stage: str) -> dict:
@@ -75,6 +92,7 @@ def finetune_stage(cascade: cascade_lib.Cascade, stage: cascade_lib.Stage, param
 
   loop_cfg = loop_lib.LoopConfig(steps=cfg.steps, seed=cfg.seed, log_every=cfg.log_every,
                                  checkpoint_every=cfg.checkpoint_every,
+                                 checkpoint_every_minutes=cfg.get("checkpoint_every_minutes", 0.0),
                                  on_nonfinite=cfg.on_nonfinite, name=f"finetune/{stage.name}")
   ckpt_dir = os.path.join(workdir, "finetune", stage.name) if workdir else None
   final, history = loop_lib.run(loop_cfg, train_state, step_fn, lambda step: batch,

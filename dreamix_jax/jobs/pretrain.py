@@ -12,9 +12,11 @@ train split is the same as in the TFDS `moving_shapes` builder), `"tfds"` reads 
 array_record dataset (`data.tfds_name`, `data.tfds_dir`; e.g. `video_folder` for your own videos).
 Batch k is a function of (seed, k) only, so resuming repeats exactly the same data.
 
-Writes `<workdir>/checkpoints/<stage>/` (orbax, resumable), `<workdir>/cascade/<stage>.safetensors`
-(EMA params, refreshed at every checkpoint: the cascade directory sampling jobs read), TensorBoard
-scalars and sample strips in `<workdir>/tensorboard/<stage>/`.
+Writes `<workdir>/checkpoints/<stage>/` (orbax, resumable; saved every `checkpoint_every` steps and
+`checkpoint_every_minutes`, and on SIGTERM/SIGINT, which end the run with exit code 75),
+`<workdir>/cascade/<stage>.safetensors` (EMA params, refreshed at every checkpoint: the cascade
+directory sampling jobs read), TensorBoard scalars and sample strips in
+`<workdir>/tensorboard/<stage>/`.
 """
 
 from __future__ import annotations
@@ -148,8 +150,17 @@ def corrupt_view(cascade, videos, top_name, name):
 
 
 def run(config, workdir: str):
+  """Trains `config.stage`; returns (final TrainState, logged metrics). Everything is validated
+  before anything is written to `workdir`."""
   cascade = cascade_lib.Cascade.from_config(config.cascade)
+  if config.stage not in cascade.names:
+    raise ValueError(f"config.stage {config.stage!r} is not a stage of cascade "
+                     f"{config.cascade.name!r}; choose one of {cascade.names}.")
   stage = cascade.stage(config.stage)
+  loop_cfg = loop_lib.LoopConfig(steps=config.steps, seed=config.seed, log_every=config.log_every,
+                                 checkpoint_every=config.checkpoint_every,
+                                 checkpoint_every_minutes=config.checkpoint_every_minutes,
+                                 on_nonfinite=config.on_nonfinite, name=f"pretrain/{stage.name}")
   if stage.kind == "tsr" and config.data.image_fraction > 0:
     raise ValueError("Image examples (shuffled frames) are not defined for a temporal SR stage: "
                      "its target frames interleave its input frames. Set data.image_fraction=0.")
@@ -170,10 +181,10 @@ def run(config, workdir: str):
     train_state = _init_from(config.init_from, cascade, stage, train_state)
 
   batch_maker = BatchMaker(config, cascade, stage, embedder)
+  sample_text, sample_mask = embedder(list(config.sample_prompts))
   writer = metric_writers.create_default_writer(
       os.path.join(workdir, "tensorboard", stage.name), just_logging=jax.process_index() > 0)
   cascade_dir = os.path.join(workdir, "cascade")
-  sample_text, sample_mask = embedder(list(config.sample_prompts))
 
   def on_checkpoint(step, state):
     ema = jax.device_get(state.eval_params)
@@ -182,14 +193,13 @@ def run(config, workdir: str):
     if config.sample_every and step % config.sample_every == 0:
       _write_samples(writer, step, cascade, stage, ema, sample_text, sample_mask, batch_maker)
 
-  loop_cfg = loop_lib.LoopConfig(steps=config.steps, seed=config.seed, log_every=config.log_every,
-                                 checkpoint_every=config.checkpoint_every,
-                                 on_nonfinite=config.on_nonfinite, name=f"pretrain/{stage.name}")
-  final, history = loop_lib.run(
-      loop_cfg, train_state, step_fn, batch_maker,
-      checkpoint_dir=os.path.join(workdir, "checkpoints", stage.name),
-      meta={"stage": stage.name}, writer=writer, on_checkpoint=on_checkpoint)
-  writer.flush()
+  try:
+    final, history = loop_lib.run(
+        loop_cfg, train_state, step_fn, batch_maker,
+        checkpoint_dir=os.path.join(workdir, "checkpoints", stage.name),
+        meta={"stage": stage.name}, writer=writer, on_checkpoint=on_checkpoint)
+  finally:
+    writer.flush()  # also when preempted or stopped: the summaries so far are kept
   return final, history
 
 

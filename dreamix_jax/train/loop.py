@@ -1,10 +1,13 @@
 """The one training loop of the project (pretraining and Dreamix finetuning of one stage).
 
-Resumable: the state is checkpointed with orbax every `checkpoint_every` steps and at the end; a
-restarted run continues from the latest checkpoint in its directory. Batches are a function of the
-step (`batch_fn(step)`) and the step's randomness is `fold_in(seed, step)`, so a resumed run repeats
-exactly what an uninterrupted one would have done. Non-finite losses/gradients are never applied;
-`on_nonfinite='stop'` ends the run with the step named (the last good checkpoint is kept).
+Resumable: the state is checkpointed with orbax every `checkpoint_every` steps, every
+`checkpoint_every_minutes` of wall time, and at the end; a restarted run continues from the latest
+checkpoint in its directory. Batches are a function of the step (`batch_fn(step)`) and the step's
+randomness is `fold_in(seed, step)`, so a resumed run repeats exactly what an uninterrupted one
+would have done. SIGTERM/SIGINT save a checkpoint at the current step and raise `preemption.Preempted`
+(see `dreamix_jax.train.preemption`). Non-finite losses/gradients are never applied;
+`on_nonfinite='stop'` ends the run with the step, the run's name (stage) and the loss variants named
+(the last good checkpoint is kept).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 from absl import logging
 
 from dreamix_jax import parallel
-from dreamix_jax.train import checkpoints, state as state_lib
+from dreamix_jax.train import checkpoints, preemption, state as state_lib
 
 
 class NonFiniteLossError(RuntimeError):
@@ -31,13 +34,17 @@ class LoopConfig:
   steps: int
   seed: int = 0
   log_every: int = 10
-  checkpoint_every: int = 100
+  checkpoint_every: int = 100  # steps; 0: no step-count checkpoints
+  checkpoint_every_minutes: float = 0.0  # wall time; 0: no timed checkpoints
   on_nonfinite: str = "stop"  # or "skip"
   name: str = "stage"
 
   def __post_init__(self):
     if self.steps < 0:
       raise ValueError(f"steps must be ≥ 0, got {self.steps}.")
+    if self.checkpoint_every < 0 or self.checkpoint_every_minutes < 0:
+      raise ValueError(f"checkpoint_every ({self.checkpoint_every}) and checkpoint_every_minutes "
+                       f"({self.checkpoint_every_minutes}) must be ≥ 0 (0 turns that trigger off).")
     if self.on_nonfinite not in ("stop", "skip"):
       raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {self.on_nonfinite!r}.")
 
@@ -85,37 +92,65 @@ def run(loop: LoopConfig, train_state: state_lib.TrainState, step_fn: Callable,
   history = []
   t0 = time.time()
   last_good = start
-  for step in range(start, loop.steps):
-    train_state, metrics = jitted(train_state, put_batch(batch_fn(step)), seed_key)
-    done = step + 1
-    if loop.on_nonfinite == "stop" or done % loop.log_every == 0 or done == loop.steps:
-      metrics = jax.device_get(metrics)
-      if not bool(metrics["finite"]):
-        msg = (f"[{loop.name}] non-finite loss/gradient at step {step} (loss={metrics['loss']}, "
-               f"grad_norm={metrics['grad_norm']}); the update was not applied.")
-        if loop.on_nonfinite == "stop":
-          raise NonFiniteLossError(msg + f" Last good checkpoint: step {last_good} in "
-                                   f"{checkpoint_dir}. Lower the learning rate or check the data.")
-        _log(logging.WARNING, "%s", msg)
-    if done % loop.log_every == 0 or done == loop.steps:
-      elapsed = time.time() - t0
-      rate = (done - start) / max(elapsed, 1e-9)
-      row = {k: float(np.asarray(v)) for k, v in metrics.items()}
-      row.update(step=done, steps_per_s=rate, skipped=int(train_state.skipped))
-      history.append(row)
-      eta = (loop.steps - done) / max(rate, 1e-9)
-      _log(logging.INFO, "[%s] step %d/%d loss %.4f (%.2f steps/s, ETA %.0fs)", loop.name, done,
-           loop.steps, row["loss"], rate, eta)
-      if writer is not None and parallel.is_primary():
-        writer.write_scalars(done, {k: v for k, v in row.items() if k != "step"})
-    if ckpt is not None and (done % loop.checkpoint_every == 0 or done == loop.steps):
-      ckpt.save(done, train_state, dict(meta or {}, step=done))
-      last_good = done
-      if on_checkpoint is not None:
-        on_checkpoint(done, train_state)
-  if ckpt is not None:
-    ckpt.close()
+  clock = preemption.CheckpointClock(loop.checkpoint_every, loop.checkpoint_every_minutes)
+
+  def save(done):
+    ckpt.save(done, train_state, dict(meta or {}, step=done))
+    clock.saved()
+    if on_checkpoint is not None:
+      on_checkpoint(done, train_state)
+
+  try:
+    with preemption.Guard() as guard:
+      for step in range(start, loop.steps):
+        train_state, metrics = jitted(train_state, put_batch(batch_fn(step)), seed_key)
+        done = step + 1
+        if loop.on_nonfinite == "stop" or done % loop.log_every == 0 or done == loop.steps:
+          metrics = jax.device_get(metrics)
+          if not bool(metrics["finite"]):
+            _nonfinite(loop, step, metrics, last_good, checkpoint_dir)
+        if done % loop.log_every == 0 or done == loop.steps:
+          elapsed = time.time() - t0
+          rate = (done - start) / max(elapsed, 1e-9)
+          row = {k: float(np.asarray(v)) for k, v in metrics.items()}
+          row.update(step=done, steps_per_s=rate, skipped=int(train_state.skipped))
+          history.append(row)
+          eta = (loop.steps - done) / max(rate, 1e-9)
+          _log(logging.INFO, "[%s] step %d/%d loss %.4f (%.2f steps/s, ETA %.0fs)", loop.name,
+               done, loop.steps, row["loss"], rate, eta)
+          if writer is not None and parallel.is_primary():
+            writer.write_scalars(done, {k: v for k, v in row.items() if k != "step"})
+        if ckpt is not None and (clock.due(done) or done == loop.steps):
+          save(done)
+          last_good = done
+        if done < loop.steps and guard.should_stop():
+          if ckpt is not None and last_good != done:
+            save(done)
+          raise preemption.Preempted(loop.name, done, checkpoint_dir, guard.requested or "signal")
+  finally:
+    if ckpt is not None:
+      ckpt.close()
   return train_state, history
+
+
+def _nonfinite(loop: LoopConfig, step: int, metrics: dict, last_good: int, checkpoint_dir):
+  """Warns (`on_nonfinite='skip'`) or raises `NonFiniteLossError` naming the step, the run (stage)
+  and which loss variants (e.g. loss_video / loss_frames of the mixed objective) were non-finite."""
+  variants = {k: float(v) for k, v in metrics.items() if k.startswith("loss_")}
+  bad = sorted(k for k, v in variants.items() if not np.isfinite(v))
+  which = f"; non-finite variants: {', '.join(bad)}" if bad else ""
+  msg = (f"[{loop.name}] non-finite loss/gradient at step {step} (loss={float(metrics['loss'])}, "
+         f"grad_norm={float(metrics['grad_norm'])}{which}); the update was not applied.")
+  if loop.on_nonfinite == "stop":
+    if not checkpoint_dir:
+      kept = "No checkpoint directory was configured"
+    elif last_good:
+      kept = f"Last good checkpoint: step {last_good} in {checkpoint_dir}"
+    else:
+      kept = f"No checkpoint was saved yet in {checkpoint_dir}"
+    raise NonFiniteLossError(f"{msg} {kept}. Lower the learning rate or check the data, or set "
+                             "on_nonfinite='skip' to skip such updates.")
+  _log(logging.WARNING, "%s", msg)
 
 
 def _log(level, msg, *args):

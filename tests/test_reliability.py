@@ -1,0 +1,488 @@
+"""Reliability: preemption and exact resume across processes, the numerics guard, every bad input
+answered with a clear message and nothing left behind, and no unsafe loading in the package.
+
+The cross-process tests run the real CLI (`python -m dreamix_jax.main`) on the `:runlocal` pretrain
+config in subprocesses, started together where they do not depend on each other and sharing a JAX
+compilation cache, because start-up and compilation dominate their time.
+"""
+
+import logging
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+import types
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+import safetensors.numpy
+
+from dreamix_jax import cascade as cascade_lib
+from dreamix_jax.data import outputs, video as video_io
+from dreamix_jax.jobs import common, edit, pretrain
+from dreamix_jax.train import checkpoints, loop as loop_lib, preemption, state as state_lib
+from tests.test_jobs import load
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+STEPS = 16
+PRETRAIN = ["--config=configs/pretrain.py:runlocal", f"--config.steps={STEPS}",
+            "--config.checkpoint_every=2", "--config.sample_every=0", "--config.batch_size=1",
+            "--config.log_every=1"]
+NAN_STEP = 3
+
+
+# --------------------------------------------------------------------------------------------------
+# Subprocess helpers.
+
+def _env(cache_dir):
+  return dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0", JAX_PLATFORMS="cpu",
+              JAX_COMPILATION_CACHE_DIR=str(cache_dir), PYTHONPATH=str(ROOT),
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
+
+def _start(args, env, log_path):
+  """`nice -n 10 python <args>` in the repository root, output to `log_path`."""
+  log = open(log_path, "w")
+  return subprocess.Popen(["nice", "-n", "10", sys.executable] + args, cwd=ROOT, env=env,
+                          stdout=log, stderr=subprocess.STDOUT, text=True)
+
+
+def _steps(checkpoint_dir) -> list[int]:
+  """Finished orbax checkpoints (temporary directories are not digit-named)."""
+  if not os.path.isdir(checkpoint_dir):
+    return []
+  return sorted(int(n) for n in os.listdir(checkpoint_dir) if n.isdigit())
+
+
+def _wait_for_checkpoint(proc, checkpoint_dir, after: int, timeout=400.0) -> int:
+  """Polls until a checkpoint beyond step `after` exists; returns its step."""
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    done = [s for s in _steps(checkpoint_dir) if s > after]
+    if done:
+      return done[-1]
+    assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before checkpoint > {after}"
+    time.sleep(0.02)
+  raise TimeoutError(f"no checkpoint beyond step {after} in {checkpoint_dir}")
+
+
+def _final_state(workdir) -> dict:
+  """{name: array} of the final orbax train state (parameters, EMA, optimizer moments, step)."""
+  path = os.path.join(workdir, "checkpoints", "base", str(STEPS), "state")
+  tree = ocp.PyTreeCheckpointer().restore(path)
+  return {jax.tree_util.keystr(k): np.asarray(v)
+          for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+NAN_DRIVER = f"""
+import runpy
+import numpy as np
+from dreamix_jax.jobs import pretrain
+clean = pretrain.BatchMaker.__call__
+def corrupted(self, step):
+  batch = clean(self, step)
+  if step == {NAN_STEP}:
+    batch["video"] = batch["video"] * np.nan
+  return batch
+pretrain.BatchMaker.__call__ = corrupted
+runpy.run_module("dreamix_jax.main", run_name="__main__")
+"""
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """An uninterrupted run, a run with NaN data at step NAN_STEP, and one run taken through
+  SIGTERM (at a checkpoint) -> resume, SIGKILL (after a later checkpoint) -> resume to the end."""
+  tmp = tmp_path_factory.mktemp("preempt")
+  env = _env(tmp / "jax_cache")
+  cli = ["-m", "dreamix_jax.main"] + PRETRAIN
+  work = tmp / "cut"
+  ckpt_dir = work / "checkpoints" / "base"
+  out = {"ref_dir": tmp / "ref", "nan_dir": tmp / "nan", "cut_dir": work}
+  procs = {"ref": _start(cli + [f"--workdir={tmp / 'ref'}"], env, tmp / "ref.log"),
+           "nan": _start(["-c", NAN_DRIVER] + PRETRAIN + [f"--workdir={tmp / 'nan'}"], env,
+                         tmp / "nan.log")}
+  try:
+    procs["cut"] = _start(cli + [f"--workdir={work}"], env, tmp / "term.log")
+    out["term_seen"] = _wait_for_checkpoint(procs["cut"], ckpt_dir, after=0)
+    procs["cut"].send_signal(signal.SIGTERM)
+    out["term_rc"] = procs["cut"].wait(timeout=300)
+    out["term_saved"] = _steps(ckpt_dir)[-1]
+
+    procs["cut"] = _start(cli + [f"--workdir={work}"], env, tmp / "kill.log")
+    _wait_for_checkpoint(procs["cut"], ckpt_dir, after=out["term_saved"])
+    procs["cut"].send_signal(signal.SIGKILL)
+    out["kill_rc"] = procs["cut"].wait(timeout=60)
+    out["kill_saved"] = _steps(ckpt_dir)[-1]
+
+    procs["cut"] = _start(cli + [f"--workdir={work}"], env, tmp / "final.log")
+    for name in ("cut", "ref", "nan"):
+      out[f"{'final' if name == 'cut' else name}_rc"] = procs[name].wait(timeout=400)
+  finally:
+    for proc in procs.values():  # only when a step above failed
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+  for name in ("ref", "nan", "term", "final"):
+    out[f"{name}_log"] = (tmp / f"{name}.log").read_text()
+  return out
+
+
+def test_sigterm_saves_the_current_step_and_exits_preempted(runs):
+  assert runs["term_rc"] == preemption.EXIT_CODE, runs["term_log"][-3000:]
+  assert runs["term_saved"] >= runs["term_seen"] and runs["term_saved"] < STEPS
+  last = runs["term_log"].strip().splitlines()[-1]
+  assert last.startswith("preempted: [pretrain/base] preempted by SIGTERM at step "
+                         f"{runs['term_saved']}"), last
+  assert "Re-run the same command to resume" in last
+  assert "Traceback" not in runs["term_log"]
+
+
+def test_sigkill_and_sigterm_then_resume_is_bit_identical(runs):
+  assert runs["ref_rc"] == 0, runs["ref_log"][-3000:]
+  assert runs["kill_rc"] == -signal.SIGKILL
+  assert runs["term_saved"] < runs["kill_saved"] < STEPS  # the cut really happened mid-run
+  assert runs["final_rc"] == 0, runs["final_log"][-3000:]
+  assert f"resumed from step {runs['kill_saved']}" in runs["final_log"]
+  ref, resumed = _final_state(runs["ref_dir"]), _final_state(runs["cut_dir"])
+  assert sorted(ref) == sorted(resumed) and len(ref) > 10
+  for name in ref:
+    np.testing.assert_array_equal(ref[name], resumed[name], err_msg=name)
+  # The exported EMA parameters, too; and no temporary files were left anywhere.
+  a = safetensors.numpy.load_file(str(runs["ref_dir"] / "cascade" / "base.safetensors"))
+  b = safetensors.numpy.load_file(str(runs["cut_dir"] / "cascade" / "base.safetensors"))
+  for name in a:
+    np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+  leftovers = [p for p in runs["cut_dir"].rglob("*") if ".tmp" in p.name]
+  assert not [p for p in leftovers if "cascade" in p.parts[-2:]], leftovers
+
+
+def test_nan_loss_stops_the_job_naming_the_step_and_keeps_the_last_checkpoint(runs):
+  assert runs["nan_rc"] == 3, runs["nan_log"][-3000:]
+  last = runs["nan_log"].strip().splitlines()[-1]
+  assert last.startswith(
+      f"error: [pretrain/base] non-finite loss/gradient at step {NAN_STEP}"), last
+  assert f"Last good checkpoint: step {NAN_STEP - 1}" in last
+  assert "Traceback" not in runs["nan_log"]
+  ckpt_dir = runs["nan_dir"] / "checkpoints" / "base"
+  assert _steps(ckpt_dir) == [NAN_STEP - 1]
+  state = ocp.PyTreeCheckpointer().restore(str(ckpt_dir / str(NAN_STEP - 1) / "state"))
+  assert int(state["step"]) == NAN_STEP - 1
+  assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(state["params"]))
+
+
+# --------------------------------------------------------------------------------------------------
+# The loop's preemption and timed checkpoints, in process on a toy problem.
+
+def _toy(tmp_path, steps, **loop_kwargs):
+  """(LoopConfig, state, step_fn, batch_fn) fitting w to a step-dependent target."""
+  optimizer = optax.adam(0.1)
+  step_fn = state_lib.make_train_step(
+      lambda p, batch, rng: (jnp.sum((p["w"] - batch) ** 2) + 0 * jax.random.normal(rng), {}),
+      optimizer)
+  state = state_lib.init_state({"w": jnp.zeros((3,))}, optimizer, ema=False)
+  cfg = loop_lib.LoopConfig(steps=steps, log_every=1, name="toy", **loop_kwargs)
+  return cfg, state, step_fn, lambda step: jnp.full((3,), float(step))
+
+
+def test_signal_in_the_loop_checkpoints_that_step_and_resume_matches(tmp_path):
+  cfg, state, step_fn, batch_fn = _toy(tmp_path, 6, checkpoint_every=100)
+  full, _ = loop_lib.run(cfg, state, step_fn, batch_fn, checkpoint_dir=None)
+
+  def interrupting(step):
+    if step == 2:
+      signal.raise_signal(signal.SIGINT)  # handled after this step: checkpoint at step 3
+    return batch_fn(step)
+
+  before = signal.getsignal(signal.SIGINT)
+  with pytest.raises(preemption.Preempted, match="preempted by SIGINT at step 3"):
+    loop_lib.run(cfg, state, step_fn, interrupting, checkpoint_dir=str(tmp_path / "c"))
+  assert signal.getsignal(signal.SIGINT) is before  # the handler is restored
+  assert checkpoints.TrainCheckpointer(str(tmp_path / "c")).latest_step() == 3
+  resumed, history = loop_lib.run(cfg, state, step_fn, batch_fn, checkpoint_dir=str(tmp_path / "c"))
+  assert history[0]["step"] == 4
+  np.testing.assert_array_equal(full.params["w"], resumed.params["w"])
+
+
+def test_checkpoints_every_minutes(tmp_path, monkeypatch):
+  clock = iter(range(0, 10_000, 25))  # each call to the clock advances 25 s
+  monkeypatch.setattr(preemption, "time", types.SimpleNamespace(monotonic=lambda: next(clock)))
+  cfg, state, step_fn, batch_fn = _toy(tmp_path, 5, checkpoint_every=0,
+                                       checkpoint_every_minutes=1.0)
+  saved = []
+  loop_lib.run(cfg, state, step_fn, batch_fn, checkpoint_dir=str(tmp_path / "c"),
+               on_checkpoint=lambda step, _: saved.append(step))
+  # The clock reads 25, 50, 75 s after the start at steps 1-3: the 60 s are up after step 3; it
+  # reads 100 s at that save and 125, 150 s at steps 4, 5 (not 60 s later); the end always saves.
+  assert saved == [3, 5]
+  with pytest.raises(ValueError, match="checkpoint_every_minutes"):
+    loop_lib.LoopConfig(steps=1, checkpoint_every_minutes=-1)
+
+
+def test_nonfinite_variant_stops_naming_step_stage_and_variant(tmp_path):
+  """A mixed-objective-like loss whose frame variant turns NaN at step 3 (checkpoints every 2)."""
+  optimizer = optax.adam(0.1)
+
+  def loss(params, batch, rng):
+    frames = jnp.sum((params["w"] - batch) ** 2)
+    video = jnp.sum(params["w"] ** 2)
+    return video + frames, {"loss_video": video, "loss_frames": frames}
+
+  step_fn = state_lib.make_train_step(loss, optimizer)
+  state = state_lib.init_state({"w": jnp.zeros((3,))}, optimizer, ema=False)
+  cfg = loop_lib.LoopConfig(steps=6, log_every=1, checkpoint_every=2, name="finetune/base")
+  batch_fn = lambda step: jnp.full((3,), jnp.nan if step == 3 else float(step))
+  with pytest.raises(loop_lib.NonFiniteLossError,
+                     match=r"\[finetune/base\] non-finite loss/gradient at step 3 .*non-finite "
+                           r"variants: loss_frames\).*Last good checkpoint: step 2 in") as info:
+    loop_lib.run(cfg, state, step_fn, batch_fn, checkpoint_dir=str(tmp_path / "c"))
+  assert "loss_video," not in str(info.value).split("variants:")[1]
+  ckpt = checkpoints.TrainCheckpointer(str(tmp_path / "c"))
+  assert ckpt.latest_step() == 2
+  restored, meta = ckpt.restore(state)
+  assert meta["step"] == 2 and np.all(np.isfinite(restored.params["w"]))
+
+
+def test_a_second_signal_falls_through_to_the_previous_handler():
+  received = []
+  previous = signal.signal(signal.SIGTERM, lambda *a: received.append("previous"))
+  try:
+    with preemption.Guard() as guard:
+      signal.raise_signal(signal.SIGTERM)
+      assert guard.requested == "SIGTERM" and guard.should_stop() and not received
+      signal.raise_signal(signal.SIGTERM)
+      assert received == ["previous"]
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+# --------------------------------------------------------------------------------------------------
+# The edit job's output folder: resume an unfinished run, refuse a finished one.
+
+def test_edit_output_dir_resumes_unfinished_runs_only(tmp_path):
+  config = load("configs/edit.py:runlocal")
+  with config.unlocked():
+    config.overwrite = False
+  path = edit.open_output_dir(str(tmp_path), "edit", config)
+  os.makedirs(os.path.join(path, "finetune", "base", "2"))  # an unfinished finetune
+  assert edit.open_output_dir(str(tmp_path), "edit", config) == path  # resumed, state kept
+  assert os.path.isdir(os.path.join(path, "finetune", "base", "2"))
+  changed = load("configs/edit.py:runlocal")
+  with changed.unlocked():
+    changed.overwrite, changed.finetune.alpha = False, 0.5
+  with pytest.raises(FileExistsError, match=r"unfinished run started with other settings "
+                                            r"\(differing: \['finetune'\]\)"):
+    edit.open_output_dir(str(tmp_path), "edit", changed)
+  edit._mark_finished(path)
+  with pytest.raises(FileExistsError, match="already holds a finished run.*overwrite=True"):
+    edit.open_output_dir(str(tmp_path), "edit", config)
+  with config.unlocked():
+    config.overwrite = True
+  assert edit.open_output_dir(str(tmp_path), "edit", config) == path
+  assert not os.path.exists(os.path.join(path, "finetune"))  # no stale state in a new run
+  assert os.path.isfile(os.path.join(path, edit.RUN_MARKER))
+
+
+# --------------------------------------------------------------------------------------------------
+# Bad inputs: a message that says what is wrong and what to do, and nothing left behind.
+
+def _mp4(path, frames, height=16, width=32, fps=6.0):
+  rng = np.random.default_rng(0)
+  outputs.write_mp4(path, rng.uniform(-1, 1, (frames, height, width, 3)), fps)
+  return str(path)
+
+
+def _edit(tmp_path, **overrides):
+  config = load("configs/edit.py:runlocal")
+  with config.unlocked():
+    for key, value in overrides.items():
+      node = config
+      *parents, leaf = key.split(".")
+      for p in parents:
+        node = node[p]
+      node[leaf] = value
+  return config
+
+
+def _fails(job, config, workdir, error, pattern):
+  """Runs `job` expecting `error` matching `pattern`; asserts that `workdir` stayed empty."""
+  with pytest.raises(error, match=pattern) as info:
+    job(config, str(workdir))
+  assert not os.path.exists(workdir) or not os.listdir(workdir), sorted(os.listdir(workdir))
+  return str(info.value)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("inputs")
+  (tmp / "empty.mp4").write_bytes(b"")
+  (tmp / "notes.txt").write_text("a shopping list")
+  (tmp / "text.mp4").write_text("not a video at all")
+  full = _mp4(tmp / "full.mp4", 24)
+  (tmp / "truncated.mp4").write_bytes(open(full, "rb").read()[:600])
+  _mp4(tmp / "short.mp4", 3)
+  frames = tmp / "float_frames"
+  frames.mkdir()
+  import imageio.v3 as iio
+  for i in range(8):  # 32-bit float RGB TIFFs: a pixel format Pillow cannot decode
+    iio.imwrite(frames / f"{i}.tif", np.zeros((16, 32, 3), np.float32))
+  (tmp / "no_subject").mkdir()
+  return tmp
+
+
+@pytest.mark.parametrize("name,error,pattern", [
+    ("missing.mp4", FileNotFoundError, r"does not exist; check the path"),
+    ("empty.mp4", video_io.VideoInputError, r"could not be read as a video: it seems to be an "
+                                             r"empty file \(0 bytes\)"),
+    ("truncated.mp4", video_io.VideoInputError, r"is an MP4/MOV container that ffmpeg could not "
+                                                 r"read .*probably truncated or damaged"),
+    ("text.mp4", video_io.VideoInputError, r"it seems to be a text file .*Accepted inputs"),
+    ("notes.txt", video_io.VideoInputError, r"unsupported extension '\.txt'; accepted inputs"),
+    ("short.mp4", video_io.VideoTooShortError, r"\b3\b.*frames"),
+    ("float_frames", video_io.VideoInputError, r"TIFF image that could not be decoded .*"
+                                                r"unsupported pixel format.*8-bit RGB"),
+])
+def test_bad_videos(inputs, tmp_path, name, error, pattern):
+  config = _edit(tmp_path, input=str(inputs / name))
+  _fails(edit.run_edit, config, tmp_path / "work", error, pattern)
+
+
+def test_empty_subject_folder(inputs, tmp_path):
+  config = load("configs/subject.py:runlocal")
+  with config.unlocked():
+    config.input = str(inputs / "no_subject")
+  _fails(edit.run_subject, config, tmp_path / "work", video_io.VideoInputError,
+         r"holds no images; put images")
+
+
+@pytest.mark.parametrize("override,pattern", [
+    ({"noise_levels": (1.5,)}, r"noise level s must be in \[0, 1\].*got 1.5"),
+    ({"noise_levels": (-0.1,)}, r"noise level s must be in \[0, 1\]"),
+    ({"finetune.alpha": 1.2}, r"finetune.alpha must be in \[0, 1\].*got 1.2; fix "
+                              r"--config.finetune.alpha"),
+    ({"finetune.alpha": -0.5}, r"finetune.alpha must be in \[0, 1\]"),
+    ({"finetune.steps": -3}, r"finetune.steps must be ≥ 0, got -3"),
+    ({"finetune.checkpoint_every_minutes": -1.0}, r"finetune.checkpoint_every_minutes must be ≥ 0"),
+    ({"cascade.stages.base.height": 7}, r"7×16 is not divisible by the"),
+])
+def test_out_of_range_settings(inputs, tmp_path, override, pattern):
+  # The settings are checked before the input is even looked at.
+  config = _edit(tmp_path, input=str(tmp_path / "not_read.mp4"), **override)
+  _fails(edit.run_edit, config, tmp_path / "work", ValueError, pattern)
+
+
+def test_pretrain_bad_settings_leave_nothing(tmp_path):
+  for field, value, pattern in (("steps", -1, r"steps must be ≥ 0, got -1"),
+                                ("stage", "bsae", r"config.stage 'bsae' is not a stage.*choose "
+                                                  r"one of \['base', 'tsr', 'ssr'\]"),
+                                ("checkpoint_every", -2, r"checkpoint_every \(-2\).*must be ≥ 0")):
+    config = load("configs/pretrain.py:runlocal")
+    with config.unlocked():
+      config[field] = value
+    _fails(pretrain.run, config, tmp_path / "work", ValueError, pattern)
+
+
+@pytest.fixture(scope="module")
+def foreign_cascade(tmp_path_factory):
+  """A cascade directory written for another config (base U-Net twice as wide): zeros of its
+  shapes, no compilation needed."""
+  tmp = tmp_path_factory.mktemp("foreign")
+  config = load("configs/edit.py:runlocal")
+  with config.unlocked():
+    config.cascade.stages.base.unet.channels *= 2
+  cascade = cascade_lib.Cascade.from_config(config.cascade)
+  for stage in cascade.stages:
+    zeros = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype),
+                                   nn.meta.unbox(cascade.abstract_params(stage)))
+    checkpoints.save_cascade_stage(str(tmp), stage.name, zeros, config.cascade)
+  return tmp
+
+
+def test_checkpoint_for_another_config_lists_names_and_shapes(inputs, foreign_cascade, tmp_path):
+  config = _edit(tmp_path, input=_mp4(tmp_path / "in.mp4", 24), checkpoint=str(foreign_cascade))
+  message = _fails(edit.run_edit, config, tmp_path / "work", checkpoints.CheckpointError,
+                   r"base.safetensors does not fit the configured model \(was it made with a "
+                   r"different config\?\)")
+  assert re.search(r"wrong shape \(\d+\): \S+: checkpoint \(\d+(, \d+)*\) vs model \(\d+", message)
+
+
+def test_missing_stage_in_a_cascade_checkpoint(foreign_cascade, tmp_path):
+  config = _edit(tmp_path, input=_mp4(tmp_path / "in.mp4", 24))
+  partial = tmp_path / "partial"
+  partial.mkdir()
+  for name in ("base.safetensors", "cascade.json"):  # tsr and ssr are missing
+    (partial / name).write_bytes((foreign_cascade / name).read_bytes())
+  with config.unlocked():
+    config.checkpoint = str(partial)
+    config.cascade.stages.base.unet.channels *= 2  # so that base fits and the gap shows first
+  _fails(edit.run_edit, config, tmp_path / "work", checkpoints.CheckpointError,
+         r"has no stage 'tsr' .*it has stages \['base'\]")
+
+
+def test_long_prompts_are_truncated_with_a_warning(caplog):
+  config = load("configs/edit.py:runlocal")
+  cascade = cascade_lib.Cascade.from_config(config.cascade)
+  embedder = common.make_embedder(config, cascade)
+  prompt = " ".join(["a red circle moving left on a black background"] * 4)
+  with caplog.at_level(logging.WARNING):
+    text, mask = embedder([prompt])
+  assert re.search(rf"has \d+ tokens; truncated to max_length={cascade.text_len}", caplog.text)
+  assert text.shape == (1, cascade.text_len, cascade.text_dim) and mask.all()
+
+
+def test_cli_bad_inputs_give_one_line_and_exit_code_2(inputs, tmp_path):
+  """The CLI for a few bad inputs, in parallel: one `error: ...` line, exit code 2, no traceback,
+  and no workdir."""
+  env = _env(tmp_path / "jax_cache")
+  cases = {
+      "typo": (["--config=configs/edit.py:runlocal", "--config.finetnue.steps=3"],
+               r"^error: unknown config field\(s\) \['finetnue.steps'\]: the config is locked"),
+      "arg": (["--config=configs/edit.py:runlocal,vidoe=x.mp4"],
+              r"^error: bad flags: ValueError: Unknown config argument 'vidoe'"),
+      "s": (["--config=configs/edit.py:runlocal", "--config.noise_levels=(1.5,)"],
+            r"^error: The noise level s must be in \[0, 1\]"),
+      "video": (["--config=configs/edit.py:runlocal", f"--config.input={inputs / 'notes.txt'}"],
+                r"^error: .*notes.txt' has an unsupported extension"),
+  }
+  procs = {name: _start(["-m", "dreamix_jax.main"] + args + [f"--workdir={tmp_path / name}"], env,
+                        tmp_path / f"{name}.log") for name, (args, _) in cases.items()}
+  for name, (_, pattern) in cases.items():
+    assert procs[name].wait(timeout=300) == 2, name
+    log = (tmp_path / f"{name}.log").read_text()
+    assert "Traceback" not in log, log
+    errors = [line for line in log.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and re.search(pattern, errors[0]), log
+    assert not (tmp_path / name).exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# No unsafe loading anywhere in the package.
+
+UNSAFE = [
+    (re.compile(r"^\s*(import|from)\s+(c?pickle|dill|joblib)\b|\bpickle\.loads?\("), "pickle"),
+    (re.compile(r"\bnp\.load\((?![^)]*allow_pickle=False)"), "np.load without allow_pickle=False"),
+    (re.compile(r"allow_pickle=True"), "allow_pickle=True"),
+    (re.compile(r"\btorch\.load\((?![^)]*weights_only=True)"), "torch.load without weights_only"),
+]
+
+
+def test_no_unsafe_loading_in_the_package():
+  found = []
+  for path in sorted((ROOT / "dreamix_jax").rglob("*.py")):
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+      for pattern, what in UNSAFE:
+        if pattern.search(line) and "`" not in line:  # `...` marks mentions in docstrings
+          found.append(f"{path.relative_to(ROOT)}:{number}: {what}: {line.strip()}")
+  assert not found, "\n".join(found)
+  # The patterns do catch what they are for.
+  assert UNSAFE[1][0].search("x = np.load(path)") and UNSAFE[3][0].search("torch.load(f)")
+  assert not UNSAFE[1][0].search("np.load(path, allow_pickle=False)")

@@ -157,13 +157,13 @@ def test_sigkill_and_sigterm_then_resume_is_bit_identical(runs):
   assert sorted(ref) == sorted(resumed) and len(ref) > 10
   for name in ref:
     np.testing.assert_array_equal(ref[name], resumed[name], err_msg=name)
-  # The exported EMA parameters, too; and no temporary files were left anywhere.
+  # The exported EMA parameters, too. (A SIGKILL during an export may leave a `.tmp-*` file, never
+  # a truncated file under the real name.)
   a = safetensors.numpy.load_file(str(runs["ref_dir"] / "cascade" / "base.safetensors"))
   b = safetensors.numpy.load_file(str(runs["cut_dir"] / "cascade" / "base.safetensors"))
+  assert sorted(a) == sorted(b)
   for name in a:
     np.testing.assert_array_equal(a[name], b[name], err_msg=name)
-  leftovers = [p for p in runs["cut_dir"].rglob("*") if ".tmp" in p.name]
-  assert not [p for p in leftovers if "cascade" in p.parts[-2:]], leftovers
 
 
 def test_nan_loss_stops_the_job_naming_the_step_and_keeps_the_last_checkpoint(runs):

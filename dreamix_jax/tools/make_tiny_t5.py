@@ -42,8 +42,13 @@ from tokenizers import processors
 
 from dreamix_jax.data import shapes
 
-_OUT = flags.DEFINE_string("out", None, "Output directory (new, empty, or an earlier output).")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the random encoder weights.")
+
+def define_flags():
+  """Registers this tool's flags (only when it runs as a program, so importing it defines none)."""
+  flags.DEFINE_string("out", None, "Output directory (new, empty, or an earlier output).")
+  flags.DEFINE_integer("seed", 0, "Seed of the random encoder weights.")
+  flags.mark_flags_as_required(["out"])
+
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 SPECIAL_TOKENS = (PAD, EOS, UNK)  # Ids 0, 1, 2, as in T5.
@@ -236,10 +241,11 @@ def make_tiny_t5(out_dir: str, *, seed: int = 0, d_model: int = 64, num_layers: 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}.")
-  out_dir = make_tiny_t5(_OUT.value, seed=_SEED.value)
-  logging.info("Wrote a tiny random T5 v1.1 encoder (seed %d) to %s.", _SEED.value, out_dir)
+  f = flags.FLAGS
+  out_dir = make_tiny_t5(f.out, seed=f.seed)
+  logging.info("Wrote a tiny random T5 v1.1 encoder (seed %d) to %s.", f.seed, out_dir)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["out"])
+  define_flags()
   app.run(main)

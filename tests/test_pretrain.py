@@ -86,6 +86,13 @@ def test_pretrain_runs_resumes_and_exports(tmp_path):
   assert set(params) == {"base"}
   events = list((tmp_path / "tensorboard" / "base").glob("events.out.tfevents.*"))
   assert events and os.path.getsize(events[0]) > 0
+  # Continuing from a committed cascade directory (init_from): starts at its recorded step, from
+  # its parameters.
+  with config.unlocked():
+    config.init_from = str(tmp_path / "cascade")
+    config.steps = 7
+  cont, history = pretrain.run(config, str(tmp_path / "continued"))
+  assert int(cont.step) == 7 and [h["step"] for h in history] == [7]
 
 
 def test_cascade_checkpoint_round_trip_and_mismatch_errors(tmp_path):

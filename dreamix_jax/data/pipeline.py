@@ -22,10 +22,10 @@ class Source(Protocol):
   """Random access to examples: `len(source)` and `source[i] -> dict`."""
 
   def __len__(self) -> int:
-    ...
+    """Number of examples."""
 
   def __getitem__(self, index: int) -> dict[str, Any]:
-    ...
+    """Example `index` (0 ≤ index < len) as a dict of arrays/strings."""
 
 
 def epoch_permutation(seed: int, epoch: int, size: int) -> np.ndarray:

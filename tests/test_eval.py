@@ -3,7 +3,6 @@ benchmark on the tiny random cascade."""
 
 import csv
 import dataclasses
-import importlib.util
 import pathlib
 
 import numpy as np
@@ -12,21 +11,11 @@ import pytest
 from dreamix_jax.data import shapes
 from dreamix_jax.evaluate import ablation, report, scoring
 from dreamix_jax.jobs import common, evaluate
+from config_loading import load
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 SIZE = (32, 48, 80)
 SOURCE = shapes.ClipAttributes("circle", "red", "black", "right", x=30.0, y=24.0, size=14.0,
                                speed=0.6, texture_seed=7)
-
-
-def load(config_arg):
-  path, _, arg = config_arg.partition(":")
-  spec = importlib.util.spec_from_file_location("job_config", ROOT / path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg or None)
-  config.lock()
-  return config
 
 
 def render(**changes):

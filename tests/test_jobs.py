@@ -1,6 +1,5 @@
 """The jobs end to end on the tiny random cascade (`:runlocal` configs): outputs exist and play."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -12,19 +11,9 @@ import pytest
 
 from dreamix_jax import main as main_lib
 from dreamix_jax.data import video as video_io
+from config_loading import load
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def load(config_arg):
-  """A job config as `--config=<config_arg>` would give it (locked)."""
-  path, _, arg = config_arg.partition(":")
-  spec = importlib.util.spec_from_file_location("job_config", ROOT / path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg or None)
-  config.lock()
-  return config
 
 
 def check_outputs(folder, frames, height, width, with_input):

@@ -2,10 +2,8 @@
 and the `:runlocal` sweep end to end (grid png, html page)."""
 
 import html.parser
-import importlib.util
 import json
 import os
-import pathlib
 
 import jax
 import numpy as np
@@ -16,18 +14,8 @@ from dreamix_jax import cascade as cascade_lib
 from dreamix_jax.data import outputs
 from dreamix_jax.dreamix import finetune_steps
 from dreamix_jax.jobs import sweep
+from config_loading import load
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def load(config_arg):
-  path, _, arg = config_arg.partition(":")
-  spec = importlib.util.spec_from_file_location("job_config", ROOT / path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg or None)
-  config.lock()
-  return config
 
 
 def test_plan_of_the_paper_grid():

@@ -4,6 +4,8 @@
   python -m dreamix_jax.main --config=configs/eval.py:outputs=<dir>,clip_dir=<hf clip>,lpips_weights=<file>
   python -m dreamix_jax.main --config=configs/eval.py:benchmark=shapes --workdir=/tmp/ablation
   python -m dreamix_jax.main --config=configs/eval.py:benchmark=shapes,runlocal --workdir=/tmp/abl
+  python -m dreamix_jax.main --config=configs/eval.py:benchmark=text2video --workdir=/tmp/t2v_eval
+  python -m dreamix_jax.main --config=configs/eval.py:benchmark=text2video,upto=base --workdir=/tmp/t2v
 
 `outputs`: scores every result folder under it into `<workdir>/scores.csv` and `scores.md` (temporal
 distance always; CLIP score with `clip_dir`, a local Hugging Face CLIP; temporal LPIPS with
@@ -13,6 +15,10 @@ distance always; CLIP score with `clip_dir`, a local Hugging Face CLIP; temporal
 `ablation.steps` steps at s = `ablation.s_finetuned`; text-to-video) on the demo cascade and writes
 ablation.csv/.md, ablation_edits.csv and ablation_success.png. `runlocal`: tiny random cascade, one
 clip, a few steps.
+`benchmark=text2video`: samples the captions of the first `text2video.num_captions` test-split clips
+through the cascade up to stage `upto` (default: the last) and reports, per caption attribute, the
+share of samples in which the probe finds it (text2video.csv/.md, text2video_samples.csv,
+text2video_grid.png).
 """
 
 from configs import common
@@ -22,7 +28,8 @@ from dreamix_jax.jobs import sweep
 
 
 def get_config(arg=None):
-  arg = cu.parse_arg(arg, runlocal=False, outputs="", benchmark="", clip_dir="", lpips_weights="")
+  arg = cu.parse_arg(arg, runlocal=False, outputs="", benchmark="", clip_dir="", lpips_weights="",
+                     upto="")
   config = common.base_config("eval", arg.runlocal)
   config.outputs = arg.outputs
   config.clip_dir = arg.clip_dir
@@ -30,6 +37,8 @@ def get_config(arg=None):
   config.benchmark = arg.benchmark
   config.ablation = dict(num_clips=1 if arg.runlocal else 12, data_seed=0,
                          steps=2 if arg.runlocal else 150, s_none=0.8, s_finetuned=0.9)
+  config.text2video = dict(num_captions=2 if arg.runlocal else 100, data_seed=0, upto=arg.upto,
+                           batch_size=1 if arg.runlocal else 25)
   config.alphas = dict(sweep.PAPER_ALPHAS)
   config.finetune = finetune.finetune_config(
       batch_size=1 if arg.runlocal else 4, log_every=1 if arg.runlocal else 10,

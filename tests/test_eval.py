@@ -8,8 +8,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from dreamix_jax.data import shapes
-from dreamix_jax.evaluate import ablation, report, scoring
+from dreamix_jax.data import shapes, tfds_builders
+from dreamix_jax.evaluate import ablation, report, scoring, text2video
 from dreamix_jax.jobs import common, evaluate
 from config_loading import load
 
@@ -151,3 +151,49 @@ def test_ablation_runlocal(tmp_path):
   assert pathlib.Path(paths["table_md"]).read_text().count("\n| ") == 1 + 20
   assert pathlib.Path(paths["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert (tmp_path / "ablation_clips" / "clip000.png").is_file()
+
+
+def test_text2video_scores_read_rendered_captions():
+  """Rendered test clips show every attribute of their own caption; a caption with one attribute
+  changed is found in every attribute but that one."""
+  clips = [tfds_builders.clip_attributes(0, "test", i) for i in range(6)]
+  videos = shapes.render_batch(clips, 16, 24, 40)
+  targets = text2video.test_captions(6, 0)
+  assert targets == [c.discrete() for c in clips]
+  rows = text2video.score_samples(videos, targets)
+  assert all(r["all"] == 1 and r["caption"] == shapes.caption(t) for r, t in zip(rows, targets))
+  assert [r["read_shape"] for r in rows] == [t.shape for t in targets]
+  changed = [ablation.edit_attributes(t, category, 0)
+             for t, category in zip(targets, list(ablation.CATEGORIES) * 2)]
+  rows = text2video.score_samples(videos, changed)
+  for r, category in zip(rows, list(ablation.CATEGORIES) * 2):
+    wrong = ablation.CATEGORIES[category]
+    assert {a: r[a] for a in text2video.ATTRIBUTES} == {
+        a: int(a != wrong) for a in text2video.ATTRIBUTES}
+    assert r["all"] == 0
+  table = text2video.summarize(rows)
+  assert [(t["attribute"], t["samples"]) for t in table] == [
+      (a, 6) for a in text2video.ATTRIBUTES + ("all",)]
+  assert table[0]["found"] == pytest.approx(5 / 6)  # color ("appearance") changed in 1 of the 6
+  assert table[-1]["found"] == 0.0
+
+
+def test_text2video_runlocal(tmp_path):
+  """Two test captions through the tiny random cascade; only the stages up to `upto` are loaded."""
+  config = load("configs/eval.py:benchmark=text2video,runlocal,upto=tsr")
+  paths = evaluate.run(config, str(tmp_path))
+  with open(paths["samples"]) as f:
+    samples = list(csv.DictReader(f))
+  assert [r["caption"] for r in samples] == [shapes.caption(t)
+                                             for t in text2video.test_captions(2, 0)]
+  with open(paths["table_csv"]) as f:
+    table = list(csv.DictReader(f))
+  assert [r["attribute"] for r in table] == list(text2video.ATTRIBUTES) + ["all"]
+  for r in table:
+    found = [int(s[r["attribute"]]) for s in samples]
+    assert (int(r["samples"]), float(r["found"])) == (2, np.mean(found))
+  assert pathlib.Path(paths["grid"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  cascade, params = common.load_cascade(config, upto="tsr")
+  assert list(params) == ["base", "tsr"] and cascade.names == ["base", "tsr", "ssr"]
+  with pytest.raises(ValueError, match="not in cascade"):
+    common.load_cascade(config, upto="ssr2")

@@ -23,8 +23,11 @@ def text_config(t5_dir: str = "", cache_dir: str = "") -> ml_collections.ConfigD
   return ml_collections.ConfigDict(dict(t5_dir=t5_dir, cache_dir=cache_dir))
 
 
-def load_cascade(config: ml_collections.ConfigDict):
+def load_cascade(config: ml_collections.ConfigDict, upto: str = ""):
   """(cascade, {stage: params}) from `config.cascade` and `config.checkpoint`.
+
+  With `upto` (a stage name) only the stages up to and including it are loaded (e.g. to sample the
+  base stage of a cascade whose later stages are not trained yet).
 
   With `config.checkpoint = ""` the stages are randomly initialised (seeded by `config.seed`): useful
   for smoke runs (`:runlocal`), and said loudly in the log.
@@ -35,17 +38,20 @@ def load_cascade(config: ml_collections.ConfigDict):
   """
   parallel.initialize(config.get("distributed"))
   cascade = cascade_lib.Cascade.from_config(config.cascade, parallel.layout_from_config(config))
+  if upto and upto not in cascade.names:
+    raise ValueError(f"Stage {upto!r} is not in cascade {config.cascade.name!r}; it has "
+                     f"{cascade.names}.")
+  stages = cascade.stages[:cascade.names.index(upto) + 1] if upto else cascade.stages
   if config.checkpoint:
-    params = checkpoints.load_cascade(config.checkpoint, cascade)
-    params = {s.name: cascade.place_params(s, params[s.name]) for s in cascade.stages}
+    params = checkpoints.load_cascade(config.checkpoint, cascade, [s.name for s in stages])
+    params = {s.name: cascade.place_params(s, params[s.name]) for s in stages}
     logging.info("Loaded cascade %r from %s.", config.cascade.name, config.checkpoint)
   else:
     logging.warning("config.checkpoint is empty: using RANDOMLY INITIALISED stages (%s). Outputs "
                     "are noise-like; pass --config.checkpoint=<cascade dir> for real results.",
                     cascade.names)
     init = cascade.init_params if cascade.layout is None else cascade.init_params_sharded
-    params = {s.name: init(jax.random.PRNGKey(config.seed + i), s)
-              for i, s in enumerate(cascade.stages)}
+    params = {s.name: init(jax.random.PRNGKey(config.seed + i), s) for i, s in enumerate(stages)}
   return cascade, params
 
 

@@ -2,6 +2,7 @@
 
   python -m dreamix_jax.main --config=configs/eval.py:outputs=/tmp/dreamix/sweep --workdir=/tmp/eval
   python -m dreamix_jax.main --config=configs/eval.py:benchmark=shapes --workdir=/tmp/ablation
+  python -m dreamix_jax.main --config=configs/eval.py:benchmark=text2video --workdir=/tmp/t2v_eval
 
 Scoring (`config.outputs`): every result folder below the directory (one holding meta.json and
 output.mp4, as every sampling job writes) gets a row of `scores.csv` / `scores.md` in the workdir:
@@ -13,8 +14,10 @@ output.mp4, as every sampling job writes) gets a row of `scores.csv` / `scores.m
   are probed from input.mp4 unless meta.json names `source_caption`), a text-to-video sample gets
   alignment alone.
 
-Benchmark (`config.benchmark = "shapes"`): see `evaluate.ablation`; writes ablation.csv/.md,
-ablation_edits.csv and ablation_success.png into the workdir.
+Benchmarks: `config.benchmark = "shapes"`, the editing ablation (`evaluate.ablation`; writes
+ablation.csv/.md, ablation_edits.csv and ablation_success.png); `"text2video"`, test-split
+captions sampled and read back by the probe (`evaluate.text2video`; writes text2video.csv/.md,
+text2video_samples.csv and text2video_grid.png).
 """
 
 from __future__ import annotations
@@ -28,12 +31,12 @@ from absl import logging
 
 from dreamix_jax.data import shapes
 from dreamix_jax.data import video as video_io
-from dreamix_jax.evaluate import ablation, probe, report, scoring
+from dreamix_jax.evaluate import ablation, probe, report, scoring, text2video
 from dreamix_jax.evaluate import clip as clip_lib
 from dreamix_jax.evaluate import lpips as lpips_lib
 from dreamix_jax.jobs import common
 
-BENCHMARKS = ("shapes",)
+BENCHMARKS = ("shapes", "text2video")
 # The leading columns of scores.csv (the score columns follow, in first-seen order).
 ID_COLUMNS = ("folder", "prompt", "job", "setting", "s")
 
@@ -57,12 +60,18 @@ def run_benchmark(config, workdir: str) -> dict[str, str]:
   if config.benchmark not in BENCHMARKS:
     raise ValueError(f"Unknown benchmark {config.benchmark!r}; use one of {BENCHMARKS}.")
   timer = common.Timer()
+  upto = config.text2video.upto if config.benchmark == "text2video" else ""
   with timer("load"):
-    cascade, params = common.load_cascade(config)
+    cascade, params = common.load_cascade(config, upto=upto)
     embedder = common.make_embedder(config, cascade)
-  rows = ablation.run_benchmark(cascade, params, embedder, config, workdir, timer)
-  paths = ablation.write_results(workdir, rows)
-  logging.info("ablation written to %s (timings %s)", paths["table_md"], timer.phases)
+  if config.benchmark == "text2video":
+    rows = text2video.run_benchmark(cascade, params, embedder, config, workdir, timer)
+    paths = text2video.write_results(workdir, rows, upto or cascade.names[-1])
+  else:
+    rows = ablation.run_benchmark(cascade, params, embedder, config, workdir, timer)
+    paths = ablation.write_results(workdir, rows)
+  logging.info("%s benchmark written to %s (timings %s)", config.benchmark, paths["table_md"],
+               timer.phases)
   return paths
 
 

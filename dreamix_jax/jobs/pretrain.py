@@ -29,7 +29,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers
 
-from dreamix_jax import cascade as cascade_lib
+from dreamix_jax import cascade as cascade_lib, parallel
 from dreamix_jax.data import pipeline, shapes, tfds_builders
 from dreamix_jax.jobs import common
 from dreamix_jax.models import unet
@@ -86,16 +86,22 @@ def make_source(config):
 
 
 class BatchMaker:
-  """batch(step) -> the stage's training batch (see `dreamix_jax.train.losses`), deterministic in
-  (seed, step). Caption embeddings are computed once per distinct caption and kept."""
+  """batch(step) -> this process's share of the stage's training batch `step` (see
+  `dreamix_jax.train.losses`): the examples at global positions `[p·B/P, (p+1)·B/P)` of the global
+  batch of `config.batch_size` for process p of P.
 
-  def __init__(self, config, cascade: cascade_lib.Cascade, stage: cascade_lib.Stage, embedder):
+  Everything random about an example (image or video, frame order, caption dropped) is a function
+  of (data seed, step, global position), so the global batch is the same for any process count and
+  a resumed run sees the same data. Caption embeddings are computed once per caption and kept.
+  """
+
+  def __init__(self, config, cascade: cascade_lib.Cascade, stage: cascade_lib.Stage, embedder, *,
+               process_index: int = 0, process_count: int = 1):
     self.config, self.cascade, self.stage, self.embedder = config, cascade, stage, embedder
+    self.process_index, self.process_count = process_index, process_count
     self.source = make_source(config)
     self._emb: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     self._null = embedder.null(1)
-    top = cascade.stages[-1]
-    self.render_shape = top.shape if config.data.source == "moving_shapes" else None
 
   def _embed(self, captions):
     missing = [c for c in dict.fromkeys(captions) if c not in self._emb]
@@ -109,28 +115,33 @@ class BatchMaker:
   def __call__(self, step: int) -> dict:
     cfg = self.config
     b = cfg.batch_size
-    idx = pipeline.batch_indices(step, batch_size=b, size=len(self.source), seed=cfg.data.seed)
+    idx = pipeline.batch_indices(step, batch_size=b, size=len(self.source), seed=cfg.data.seed,
+                                 process_index=self.process_index,
+                                 process_count=self.process_count)
+    positions = self.process_index * len(idx) + np.arange(len(idx))  # in the global batch
     examples = [self.source[i] for i in idx]
     stage = self.stage
     names = self.cascade.names
     i = names.index(stage.name)
     top = self.cascade.stages[-1]
-    videos = self.source.render(examples, *top.shape)  # (B, T, H, W, 3) at the top stage
-    rng = np.random.default_rng((cfg.data.seed, 1, step))
+    videos = self.source.render(examples, *top.shape)  # (B/P, T, H, W, 3) at the top stage
     view = lambda name: corrupt_view(self.cascade, videos, top.name, name)
     video = view(stage.name)
     low = view(names[i - 1]) if stage.kind != "base" else None
-    # Joint image-video: the first n examples become sets of images (frames shuffled, mask on).
+    # Joint image-video: the first n examples of the global batch are sets of images (frames
+    # shuffled, temporal mask on); captions are dropped with probability text_dropout.
     n_img = int(round(cfg.data.image_fraction * b))
-    temporal_mask = np.zeros((b,), np.float32)
-    temporal_mask[:n_img] = 1.0
-    for j in range(n_img):
-      perm = rng.permutation(video.shape[1])
-      video[j] = video[j][perm]
-      if low is not None:  # SSR: each frame keeps its own low-resolution counterpart
-        low[j] = low[j][perm]
+    temporal_mask = (positions < n_img).astype(np.float32)
+    drop = np.zeros(len(idx), bool)
+    for j, position in enumerate(positions):
+      rng = np.random.default_rng((cfg.data.seed, 1, step, int(position)))
+      drop[j] = rng.random() < cfg.text_dropout
+      if temporal_mask[j]:
+        perm = rng.permutation(video.shape[1])
+        video[j] = video[j][perm]
+        if low is not None:  # SSR: each frame keeps its own low-resolution counterpart
+          low[j] = low[j][perm]
     text, mask = self._embed([e["caption"] for e in examples])
-    drop = rng.random(b) < cfg.text_dropout
     text = np.where(drop[:, None, None], self._null[0], text)
     mask = np.where(drop[:, None], self._null[1], mask)
     batch = dict(video=video, text=text.astype(np.float32), text_mask=mask.astype(bool),
@@ -151,8 +162,17 @@ def corrupt_view(cascade, videos, top_name, name):
 
 def run(config, workdir: str):
   """Trains `config.stage`; returns (final TrainState, logged metrics). Everything is validated
-  before anything is written to `workdir`."""
-  cascade = cascade_lib.Cascade.from_config(config.cascade)
+  before anything is written to `workdir`.
+
+  With `config.mesh` the state is laid out on the mesh (parameters initialised under `jit` with
+  output shardings) and the step runs sharded; with several processes (`config.distributed`) each
+  builds only its share of every batch, assembled into global arrays with
+  `jax.make_array_from_process_local_data`, and only process 0 writes the cascade directory,
+  samples and logs.
+  """
+  parallel.initialize(config.get("distributed"))
+  layout = parallel.layout_from_config(config)
+  cascade = cascade_lib.Cascade.from_config(config.cascade, layout)
   if config.stage not in cascade.names:
     raise ValueError(f"config.stage {config.stage!r} is not a stage of cascade "
                      f"{config.cascade.name!r}; choose one of {cascade.names}.")
@@ -174,48 +194,81 @@ def run(config, workdir: str):
 
   optimizer = state_lib.make_optimizer(config.optimizer)
   step_fn = state_lib.make_train_step(plain_loss, optimizer, ema_decay=config.ema_decay)
-  params = cascade.init_params(jax.random.PRNGKey(config.seed), stage)
-  logging.info("[pretrain/%s] %s parameters", stage.name, f"{unet.count_params(params):,}")
-  train_state = state_lib.init_state(params, optimizer, ema=config.ema_decay > 0)
+  step, params = 0, None
   if config.init_from:
-    train_state = _init_from(config.init_from, cascade, stage, train_state)
+    step, params = _init_from(config.init_from, cascade, stage)
+  elif layout is None:
+    params = cascade.init_params(jax.random.PRNGKey(config.seed), stage)
+  else:
+    params = cascade.init_params_sharded(jax.random.PRNGKey(config.seed), stage)
+  logging.info("[pretrain/%s] %s parameters", stage.name, f"{unet.count_params(params):,}")
+  ema = config.ema_decay > 0
+  state_shardings = None
+  if layout is None:
+    train_state = state_lib.init_state(params, optimizer, ema=ema)
+  else:
+    train_state, state_shardings = state_lib.init_state_on(
+        layout, cascade.abstract_params(stage), params, optimizer, ema=ema)
+  train_state = train_state.replace(step=jnp.asarray(step, jnp.int32))
 
-  batch_maker = BatchMaker(config, cascade, stage, embedder)
+  batch_maker = BatchMaker(config, cascade, stage, embedder,
+                           process_index=jax.process_index(), process_count=jax.process_count())
+  batch_fn = batch_maker if layout is None else _global_batches(batch_maker, layout)
   sample_text, sample_mask = embedder(list(config.sample_prompts))
   writer = metric_writers.create_default_writer(
-      os.path.join(workdir, "tensorboard", stage.name), just_logging=jax.process_index() > 0)
+      os.path.join(workdir, "tensorboard", stage.name), just_logging=not parallel.is_primary())
   cascade_dir = os.path.join(workdir, "cascade")
 
   def on_checkpoint(step, state):
-    ema = jax.device_get(state.eval_params)
-    checkpoints.save_cascade_stage(cascade_dir, stage.name, ema, config.cascade,
-                                   metadata={"step": str(step), "stage": stage.name})
+    ema_params = parallel.to_host(state.eval_params)  # every process takes part in the gather
+    if parallel.is_primary():
+      checkpoints.save_cascade_stage(cascade_dir, stage.name, ema_params, config.cascade,
+                                     metadata={"step": str(step), "stage": stage.name})
     if config.sample_every and step % config.sample_every == 0:
-      _write_samples(writer, step, cascade, stage, ema, sample_text, sample_mask, batch_maker)
+      _write_samples(writer, step, cascade, stage, ema_params, sample_text, sample_mask,
+                     batch_maker)
 
   try:
     final, history = loop_lib.run(
-        loop_cfg, train_state, step_fn, batch_maker,
+        loop_cfg, train_state, step_fn, batch_fn,
         checkpoint_dir=os.path.join(workdir, "checkpoints", stage.name),
-        meta={"stage": stage.name}, writer=writer, on_checkpoint=on_checkpoint)
+        meta={"stage": stage.name}, writer=writer, on_checkpoint=on_checkpoint,
+        layout=layout, state_shardings=state_shardings)
   finally:
     writer.flush()  # also when preempted or stopped: the summaries so far are kept
   return final, history
 
 
-def _init_from(directory, cascade, stage, train_state):
-  """Starts from the (EMA) parameters of a cascade directory, e.g. a committed demo cascade, at the
-  step recorded in its metadata (the optimizer moments start afresh). An orbax checkpoint in the
-  workdir, when present, still takes precedence (`loop.run` restores it)."""
+def _global_batches(batch_maker: BatchMaker, layout: parallel.Layout):
+  """batch_fn(step) -> global arrays over the layout's batch axes, each process contributing the
+  share `batch_maker` builds for it."""
+  shardings = None
+
+  def batch_fn(step):
+    nonlocal shardings
+    local = batch_maker(step)
+    if shardings is None:
+      global_shapes = {k: (v.shape[0] * batch_maker.process_count,) + v.shape[1:]
+                       for k, v in local.items()}
+      shardings = {k: layout.sharding(("batch",) + (None,) * (len(shape) - 1), shape)
+                   for k, shape in global_shapes.items()}
+    return parallel.put_process_local(local, shardings)
+
+  return batch_fn
+
+
+def _init_from(directory, cascade, stage):
+  """(step, params): the (EMA) parameters of a cascade directory, e.g. a committed demo cascade,
+  and the step recorded in its metadata, to continue pretraining from (the optimizer moments start
+  afresh). An orbax checkpoint in the workdir, when present, still takes precedence (`loop.run`
+  restores it)."""
   import safetensors
   path = os.path.join(directory, f"{stage.name}.safetensors")
   params = checkpoints.load_cascade(directory, cascade, [stage.name])[stage.name]
   with safetensors.safe_open(path, "np") as f:
     step = int((f.metadata() or {}).get("step", 0))
-  params = jax.tree_util.tree_map(jnp.asarray, params)
-  ema = None if train_state.ema_params is None else jax.tree_util.tree_map(jnp.copy, params)
   logging.info("[pretrain/%s] initialised from %s at step %d.", stage.name, path, step)
-  return train_state.replace(step=jnp.asarray(step, jnp.int32), params=params, ema_params=ema)
+  return step, cascade.place_params(stage, jax.tree_util.tree_map(jnp.asarray, params))
 
 
 def _write_samples(writer, step, cascade, stage, params, text, mask, batch_maker):
@@ -226,6 +279,7 @@ def _write_samples(writer, step, cascade, stage, params, text, mask, batch_maker
     low = jnp.asarray(batch_maker(10_000_000 + step)["low"][:1]).repeat(n, axis=0)
   video = cascade.sample_stage(stage, params, jnp.asarray(text), jnp.asarray(mask),
                                jax.random.PRNGKey(step), low=low)
-  frames = np.asarray((video[:, ::max(1, video.shape[1] // 8)] + 1) / 2)  # (n, 8, H, W, 3)
+  video = parallel.to_host(video)
+  frames = (video[:, ::max(1, video.shape[1] // 8)] + 1) / 2  # (n, 8, H, W, 3)
   strips = np.concatenate(list(frames.transpose(1, 0, 2, 3, 4)), axis=2)  # (n, H, 8W, 3)
   writer.write_images(step, {"samples": strips})

@@ -97,6 +97,14 @@ def test_dynamic_thresholding():
   np.testing.assert_array_equal(sampling.threshold(x, "static"), jnp.clip(x, -1, 1))
 
 
+@pytest.mark.parametrize("n", [1, 2, 7, 46080])
+@pytest.mark.parametrize("percentile", [0.0, 37.3, 99.5, 100.0])
+def test_row_percentile_equals_numpy(n, percentile):
+  flat = np.abs(np.random.default_rng(n).normal(size=(3, n))).astype(np.float32)
+  np.testing.assert_allclose(sampling.row_percentile(jnp.asarray(flat), percentile),
+                             np.percentile(flat, percentile, axis=1), rtol=1e-6)
+
+
 def test_sampler_config_errors():
   with pytest.raises(ValueError, match="eta"):
     sampling.SamplerConfig(eta=1.5)

@@ -13,6 +13,7 @@ Config layout (an `ml_collections.ConfigDict`, see `configs/cascades/`):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from typing import Mapping
@@ -239,20 +240,25 @@ class Cascade:
     return jnp.concatenate(outs, axis=1)
 
   def sample(self, params: Mapping, text, text_mask, rng, *, base_start=None, t_start=1.0,
-             upto: str | None = None):
+             upto: str | None = None, timer=None):
     """Text-to-video through the cascade (or, with `base_start` at time `t_start`, an edit).
 
-    Returns {stage name: video} for every stage up to `upto` (default: all).
+    Returns {stage name: video} for every stage up to `upto` (default: all). With a `timer`
+    (`jobs.common.Timer`) each stage's sampling is timed as phase `sample_<stage>` (waiting for
+    its result, so the phases add up to the wall time).
     """
     outputs = {}
     low = None
     for i, stage in enumerate(self.stages):
       key = jax.random.fold_in(rng, i)
-      if stage.kind == "base":
-        low = self.sample_stage(stage, params[stage.name], text, text_mask, key,
-                                z_start=base_start, t_start=t_start)
-      else:
-        low = self.sample_stage(stage, params[stage.name], text, text_mask, key, low=low)
+      with timer(f"sample_{stage.name}") if timer else contextlib.nullcontext():
+        if stage.kind == "base":
+          low = self.sample_stage(stage, params[stage.name], text, text_mask, key,
+                                  z_start=base_start, t_start=t_start)
+        else:
+          low = self.sample_stage(stage, params[stage.name], text, text_mask, key, low=low)
+        if timer:
+          low = jax.block_until_ready(low)
       outputs[stage.name] = low
       if stage.name == upto:
         break

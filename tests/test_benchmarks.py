@@ -71,7 +71,8 @@ def test_edit_phases_table():
   assert "1 finetuning steps" in title
   assert tuple(header) == edit_phases.COLUMNS
   names = [r[0] for r in rows]
-  assert sorted(names[:-2]) == ["finetune", "load", "read_input", "sample"]  # the job's phases
+  assert sorted(names[:-2]) == ["finetune_base", "load", "read_input", "sample_base", "sample_ssr",
+                                "sample_tsr"]  # the job's phases: per stage
   assert names[-2:] == ["untimed", "total"]
   seconds = {r[0]: float(r[1]) for r in rows}
   assert seconds["total"] == pytest.approx(sum(v for k, v in seconds.items() if k != "total"),

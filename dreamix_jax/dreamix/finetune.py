@@ -14,8 +14,10 @@ With `cascade.layout` set, the state is sharded on its mesh and the step is jitt
 
 from __future__ import annotations
 
+import contextlib
 import os
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 from absl import logging
@@ -103,11 +105,12 @@ def finetune_stage(cascade: cascade_lib.Cascade, stage: cascade_lib.Stage, param
 
 def finetune_cascade(cascade: cascade_lib.Cascade, params: dict, video, text, text_mask,
                      cfg: ml_collections.ConfigDict, workdir: str | None,
-                     cascade_config: ml_collections.ConfigDict | None = None):
+                     cascade_config: ml_collections.ConfigDict | None = None, timer=None):
   """Finetunes `cfg.stages` (those the cascade has) on `video`, returns (new params, histories).
 
   video: (1, T, H, W, 3) at the resolution of the highest finetuned stage. The finetuned stages are
-  exported to `<workdir>/finetuned_cascade/` when a workdir is given.
+  exported to `<workdir>/finetuned_cascade/` when a workdir is given. With a `timer`
+  (`jobs.common.Timer`) each stage is timed as phase `finetune_<stage>`.
   """
   names = [n for n in cascade.names if n in cfg.stages]
   unknown = sorted(set(cfg.stages) - set(cascade.names))
@@ -119,8 +122,11 @@ def finetune_cascade(cascade: cascade_lib.Cascade, params: dict, video, text, te
   views = stage_views(cascade, video, names[-1])
   new_params, histories = dict(params), {}
   for name in names:
-    new_params[name], histories[name] = finetune_stage(
-        cascade, cascade.stage(name), params[name], views, text, text_mask, cfg, workdir)
+    with timer(f"finetune_{name}") if timer else contextlib.nullcontext():
+      new_params[name], histories[name] = finetune_stage(
+          cascade, cascade.stage(name), params[name], views, text, text_mask, cfg, workdir)
+      if timer:
+        new_params[name] = jax.block_until_ready(new_params[name])
     if workdir:
       host_params = parallel.to_host(new_params[name])  # every process takes part in the gather
     if workdir and parallel.is_primary():

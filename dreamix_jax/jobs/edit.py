@@ -144,10 +144,9 @@ def _maybe_finetune(config, out_root, cascade, params, embedder, timer, video, t
   if not config.finetune.enabled:
     return params
   text, mask = embedder([config.finetune.prompt])
-  with timer("finetune"):
-    params, _ = finetune.finetune_cascade(cascade, params, jnp.asarray(video), jnp.asarray(text),
-                                          jnp.asarray(mask), config.finetune, out_root,
-                                          config.cascade)
+  params, _ = finetune.finetune_cascade(cascade, params, jnp.asarray(video), jnp.asarray(text),
+                                        jnp.asarray(mask), config.finetune, out_root,
+                                        config.cascade, timer=timer)
   return params
 
 
@@ -164,8 +163,8 @@ def _finetune_and_edit(config, workdir, job, cascade, params, embedder, timer, v
   for i, prompt in enumerate(config.prompts):
     for seed in config.seeds:
       for s in config.noise_levels:
-        with timer("sample"):
-          final = edit_video(cascade, params, base_view, text[i:i + 1], mask[i:i + 1], s, seed)
+        final = edit_video(cascade, params, base_view, text[i:i + 1], mask[i:i + 1], s, seed,
+                           timer=timer)
         folder = os.path.join(out_root, f"{i:03d}_{common.slug(prompt)}_seed{seed}_s{s:g}")
         meta = dict(extra_meta or {}, job=job, input=source, prompt=prompt, seed=seed, s=s,
                     checkpoint=config.checkpoint, finetune=config.finetune.to_dict(),
@@ -177,17 +176,19 @@ def _finetune_and_edit(config, workdir, job, cascade, params, embedder, timer, v
   return folders
 
 
-def edit_video(cascade, params, base_view, text, text_mask, s: float, seed: int) -> np.ndarray:
+def edit_video(cascade, params, base_view, text, text_mask, s: float, seed: int, *,
+               timer=None) -> np.ndarray:
   """One Dreamix edit of an in-memory video: noise the base view to level `s`, denoise with the
   base stage from `s` under the prompt, upscale through the cascade.
 
   base_view: (1, T, H, W, 3) in [-1, 1] at the base stage's resolution; text, text_mask: (1, L, D),
-  (1, L) of the edit prompt. Returns the last stage's output (T', H', W', 3) as numpy.
+  (1, L) of the edit prompt. Returns the last stage's output (T', H', W', 3) as numpy. A `timer`
+  records each stage's sampling (`sample_<stage>`).
   """
   key_noise, key_sample = jax.random.split(jax.random.PRNGKey(seed))
   z_s = corrupt.corrupt(jnp.asarray(base_view), s, key_noise, cascade.schedule)
   outs = cascade.sample(params, jnp.asarray(text), jnp.asarray(text_mask), key_sample,
-                        base_start=z_s, t_start=s)
+                        base_start=z_s, t_start=s, timer=timer)
   return np.asarray(jax.device_get(outs[cascade.names[-1]][0]))
 
 

@@ -42,6 +42,25 @@ def test_text2video_cli_runs_end_to_end(tmp_path):
   assert meta["prompt"] == "a blue square moving up on a gray background"
 
 
+def test_demo_edit_cli_on_the_shipped_cascade(tmp_path):
+  """The README's main command on the committed moving-shapes cascade and default clip (finetuning
+  cut to 2 steps to keep CI short): real-size outputs, the default prompt, nothing downloaded."""
+  env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")
+  proc = subprocess.run([sys.executable, "-m", "dreamix_jax.main", "--config=configs/edit.py",
+                         f"--workdir={tmp_path}", "--config.finetune.steps=2"],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  folders = sorted((tmp_path / "edit" / "edit").iterdir())
+  folders = [f for f in folders if f.is_dir() and f.name != "finetune"
+             and f.name != "finetuned_cascade"]
+  assert len(folders) == 1
+  meta = check_outputs(folders[0], 32, 48, 80, with_input=True)
+  assert meta["prompt"] == "a red circle moving left on a black background"
+  assert meta["checkpoint"] == str(ROOT / "checkpoints" / "shapes")
+  assert sorted(meta["timings"]) == ["finetune_base", "load", "read_input", "sample_base",
+                                     "sample_ssr", "sample_tsr"]
+
+
 @pytest.mark.parametrize("job", ["edit", "image2video", "subject"])
 def test_dreamix_jobs_run_end_to_end(job, tmp_path):
   config = load(f"configs/{job}.py:runlocal")

@@ -23,6 +23,9 @@ COVERED = {
     "python -m dreamix_jax.main --config=configs/text2video.py:runlocal --workdir=/tmp/t2v": (
         "tests/test_jobs.py::test_text2video_cli_runs_end_to_end",
         ("dreamix_jax.main", "--config=configs/text2video.py:runlocal", "--workdir=")),
+    "python -m dreamix_jax.main --config=configs/edit.py": (
+        "tests/test_jobs.py::test_demo_edit_cli_on_the_shipped_cascade",
+        ("dreamix_jax.main", "--config=configs/edit.py", "--workdir=")),
     "python -m dreamix_jax.tools.summary --config=configs/cascades/imagen_video.py": (
         "tests/test_cascade.py::test_imagen_video_config_matches_paper_table_within_15_percent",
         ("summary.summary_rows", "summary.format_table", "imagen_video")),

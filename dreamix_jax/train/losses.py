@@ -26,9 +26,9 @@ from dreamix_jax.diffusion import objectives, schedules
 class StageLoss:
   """The per-example denoising loss of one stage: `loss(params, batch, rng) -> (B,)`.
 
-  It is three steps, exposed so that `make_mixed_loss` can vmap the per-variant ones and run the
-  U-Net once: `noise` (batch, rng -> the noised inputs and the targets; no parameters), `denoise`
-  (params, noised, rng -> v̂ (B, T, H, W, 3), the U-Net call) and `score` (v̂, noised -> (B,)).
+  It is three steps: `noise` (batch, rng -> the noised inputs and the targets; no parameters),
+  `denoise` (params, noised, rng -> v̂ (B, T, H, W, 3), the U-Net call) and `score` (v̂, noised ->
+  (B,)), so callers can batch the parts differently (e.g. one U-Net call for several variants).
   `rng` is split in four: log-SNR, noise and conditioning augmentation (`noise`), dropout
   (`denoise`).
   """
@@ -120,13 +120,8 @@ def video_variant(stage: cascade_lib.Stage, batch: dict) -> dict:
 def make_mixed_loss(loss: StageLoss, stage: cascade_lib.Stage, alpha: float):
   """Dreamix's objective α·L_vid + (1 − α)·L_frame in one call (paper §4.2).
 
-  The two variants are stacked on a leading axis and their noising and loss are `jax.vmap`-ped over
-  it; the U-Net then runs **once** on the two variants folded into one batch of 2B examples (its
-  per-example `temporal_mask` flags tell them apart), which is the same computation as vmapping the
-  whole loss but faster: vmapping the U-Net itself cost 9–15% more time than the flat batch on CPU
-  (benchmarks/README.md). Each variant has its own key (noise levels, noise); the one U-Net call
-  takes its dropout key from the video variant's. With α = 1 or α = 0 only the variant that
-  counts is computed.
+  The two variants are stacked on a leading axis and the loss is `jax.vmap`-ped over it, so both run
+  as one batched computation. With α = 1 or α = 0 only the variant that counts is computed.
   Returns fn(params, batch, rng) -> (scalar loss, {'loss_video', 'loss_frames'}).
   """
   if not 0.0 <= alpha <= 1.0:
@@ -142,10 +137,8 @@ def make_mixed_loss(loss: StageLoss, stage: cascade_lib.Stage, alpha: float):
       return value, {"loss_frames": value}
     both = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), video_variant(stage, batch),
                                   frames_variant(stage, batch, k_perm))
-    noised = jax.vmap(loss.noise)(both, jnp.stack([k_vid, k_frm]))  # leaves (2, B, ...)
-    fold = lambda x: x.reshape((-1,) + x.shape[2:])
-    v = loss.denoise(params, jax.tree_util.tree_map(fold, noised), k_vid)  # (2B, T, H, W, 3)
-    per_variant = jax.vmap(loss.score)(v.reshape((2, -1) + v.shape[1:]), noised).mean(axis=1)
+    per_variant = jax.vmap(loss, in_axes=(None, 0, 0))(
+        params, both, jnp.stack([k_vid, k_frm])).mean(axis=1)
     value = alpha * per_variant[0] + (1.0 - alpha) * per_variant[1]
     return value, {"loss_video": per_variant[0], "loss_frames": per_variant[1]}
 

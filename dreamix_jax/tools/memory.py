@@ -1,17 +1,25 @@
 """Memory planner: per-device bytes of a stage's Dreamix finetune step on a mesh, before buying one.
 
   python -m dreamix_jax.tools.memory --config=configs/cascades/imagen_video.py --stage=base \
-      --mesh=fsdp:4 [--optimizer=adam|adamw|adafactor] [--remat=none|full|dots_saveable|dots_no_batch] \
-      [--batch=1] [--alpha=0.35] [--hbm_gib=32]
+      --mesh=fsdp:4 [--topology=v4:2x2x1] [--optimizer=adam|adamw|adafactor] \
+      [--remat=none|full|dots_saveable|dots_no_batch] [--batch=1] [--alpha=0.35] [--hbm_gib=32]
 
 Compiles the mixed finetune step (`train.losses.make_mixed_loss` + `train.state.make_train_step`,
-as `dreamix.finetune` runs it) ahead of time for the mesh on simulated CPU devices, from abstract
-inputs only (`jax.ShapeDtypeStruct`s with shardings: nothing is allocated), and reads XLA's
-`memory_analysis()`. Prints per-device bytes of parameters, gradients (parameter-sized, they live in
-XLA's temporary buffers), optimizer state and XLA's temporaries, the peak (arguments + outputs −
-donated aliases + temporaries), and whether it fits an HBM size (default 32 GiB, a TPU v4 chip).
-CPU compilation gives XLA's buffer assignment for a CPU program; a TPU's differs in fusion and
-layout, so read the answer as an estimate with ~10-20% slack.
+as `dreamix.finetune` runs it) ahead of time for the mesh, from abstract inputs only
+(`jax.ShapeDtypeStruct`s with shardings: nothing is allocated), and reads XLA's `memory_analysis()`.
+Prints per-device bytes of parameters, gradients (parameter-sized, they live in XLA's temporary
+buffers), optimizer state and XLA's temporaries, the peak (arguments + outputs − donated aliases +
+temporaries), and whether it fits an HBM size (default 32 GiB, a TPU v4 chip).
+
+Two compilers:
+- `--topology=v4:2x2x1` (any TPU topology name): the real TPU compiler, deviceless, as on a TPU VM
+  — no TPU needed, only the `libtpu` wheel matching JAX (`pip install "jax[tpu]==<jax version>"`;
+  not a project requirement). This is the answer to trust: TPU buffer assignment, fusion and
+  scheduling, and rematerialisation that actually frees activations.
+- no `--topology`: simulated CPU devices. The CPU backend does not free rematerialised activations
+  (a 16-layer `jax.checkpoint` chain needs *more* temporaries than without remat on CPU, 7× less on
+  TPU v4), so for remat'd programs this overestimates activation memory severely; use it for
+  parameter/optimizer bytes and sharding checks only.
 """
 
 from __future__ import annotations
@@ -22,18 +30,21 @@ import sys
 
 if __name__ == "__main__":  # before JAX starts: one simulated CPU device per mesh position
   _mesh_arg = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--mesh=")), "fsdp:4")
+  # (a deviceless TPU compile needs no simulated devices, and JAX_PLATFORMS=cpu does not stop it)
   _count = math.prod(abs(int(p.split(":")[1])) for p in _mesh_arg.split(",") if ":" in p)
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              f" --xla_force_host_platform_device_count={max(_count, 1)}").strip()
 
 import dataclasses  # noqa: E402
+import importlib.util  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import ml_collections  # noqa: E402
 from absl import app, flags  # noqa: E402
+from jax.experimental import topologies  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from dreamix_jax import cascade as cascade_lib, parallel  # noqa: E402
@@ -48,6 +59,8 @@ def define_flags():
   config_flags.DEFINE_config_file("config", None, "A cascade config file.", lock_config=True)
   flags.DEFINE_string("stage", "base", "The stage to finetune.")
   flags.DEFINE_string("mesh", "fsdp:4", "Mesh sizes, e.g. 'fsdp:4' or 'data:2,fsdp:2' (no -1).")
+  flags.DEFINE_string("topology", "", "A TPU topology to compile for with the TPU compiler, "
+                      "deviceless (needs libtpu), e.g. 'v4:2x2x1'; empty: simulated CPU devices.")
   flags.DEFINE_enum("optimizer", "adam", list(state_lib.OPTIMIZERS), "Optimizer.")
   flags.DEFINE_string("remat", "", "Remat policy (default: the config's): "
                       + " | ".join(unet.REMAT_POLICIES))
@@ -55,6 +68,21 @@ def define_flags():
   flags.DEFINE_integer("batch", 1, "Finetuning batch (copies of the input video).")
   flags.DEFINE_float("alpha", 0.35, "Mixed objective weight (0 or 1 compile one variant only).")
   flags.DEFINE_float("hbm_gib", 32.0, "Memory per device, GiB (TPU v4: 32).")
+
+
+def topology_devices(topology: str) -> list:
+  """The devices of a TPU topology (e.g. 'v4:2x2x1': 4 v4 chips) for a deviceless compile.
+
+  v4 and v5p chips are one 'megacore' device each (two TensorCores), as JAX sees them on a TPU VM.
+  Raises a ValueError saying what to install when `libtpu` is missing.
+  """
+  if importlib.util.find_spec("libtpu") is None:
+    raise ValueError(f"--topology={topology} compiles with the TPU compiler, which needs the libtpu "
+                     f"wheel: pip install 'jax[tpu]=={jax.__version__}' (or drop --topology to "
+                     "plan on simulated CPU devices).")
+  chip = topology.split(":", 1)[0]
+  config = "megacore" if chip in ("v4", "v5p") else "default"
+  return list(topologies.get_topology_desc(topology, "tpu", chip_config_name=config).devices)
 
 
 def _shard_bytes(tree) -> int:
@@ -108,6 +136,7 @@ def plan(cascade_config: ml_collections.ConfigDict, stage_name: str, layout: par
   out = dict(
       stage=stage.name, mesh=dict(layout.mesh.shape), optimizer=optimizer,
       remat=str(stage.unet.remat), dtype=stage.unet.dtype, batch=batch,
+      target=layout.mesh.devices.flat[0].device_kind,
       params_count=unet.count_params(boxed), compile_seconds=seconds,
       params=param_bytes, gradients=param_bytes, optimizer_state=_shard_bytes(state.opt_state),
       xla_temp=int(mem.temp_size_in_bytes), arguments=int(mem.argument_size_in_bytes),
@@ -120,7 +149,8 @@ def plan(cascade_config: ml_collections.ConfigDict, stage_name: str, layout: par
 
 def format_plan(p: dict) -> str:
   gib = lambda b: f"{b / GIB:8.2f} GiB"
-  lines = [f"stage {p['stage']} ({p['params_count']:,} params), mesh {p['mesh']}, "
+  lines = [f"stage {p['stage']} ({p['params_count']:,} params), mesh {p['mesh']} on "
+           f"{p['target']}, "
            f"optimizer {p['optimizer']}, remat {p['remat']}, dtype {p['dtype']}, batch {p['batch']} "
            f"(compiled in {p['compile_seconds']:.0f}s)",
            "per device:"]
@@ -138,7 +168,8 @@ def main(argv):
   spec = parallel.parse_mesh(f.mesh)
   if any(v == -1 for v in spec.values()):
     raise app.UsageError("--mesh: give every axis size explicitly (the planner simulates them).")
-  layout = parallel.Layout(parallel.make_mesh(spec))
+  devices = topology_devices(f.topology) if f.topology else None
+  layout = parallel.Layout(parallel.make_mesh(spec, devices=devices))
   print(format_plan(plan(f.config, f.stage, layout, optimizer=f.optimizer, remat=f.remat,
                          dtype=f.dtype, batch=f.batch, alpha=f.alpha,
                          hbm_bytes=int(f.hbm_gib * GIB))))

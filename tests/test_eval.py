@@ -129,10 +129,21 @@ def test_eval_config_errors(tmp_path):
     evaluate.run(load("configs/eval.py:benchmark=faces"), str(tmp_path))
 
 
-def test_ablation_runlocal(tmp_path):
-  """1 clip x 4 categories x 4 methods on the tiny random cascade, tiny finetunes."""
+def test_ablation_runlocal(tmp_path, monkeypatch):
+  """1 clip x 4 categories x 4 methods on the tiny random cascade, tiny finetunes; a second run in
+  the workdir reuses the finished clip, and one with other settings is refused."""
   config = load("configs/eval.py:benchmark=shapes,runlocal")
   paths = evaluate.run(config, str(tmp_path))
+  first = pathlib.Path(paths["edits"]).read_text()
+
+  def unexpected(*args, **kwargs):
+    raise AssertionError("a finished clip was edited again")
+  monkeypatch.setattr(ablation, "_method_params", unexpected)
+  monkeypatch.setattr(ablation, "_edit", unexpected)
+  assert pathlib.Path(evaluate.run(config, str(tmp_path))["edits"]).read_text() == first
+  config.ablation.steps = 3
+  with pytest.raises(ValueError, match="other settings"):
+    evaluate.run(config, str(tmp_path))
   with open(paths["edits"]) as f:
     edits = list(csv.DictReader(f))
   assert sorted((r["method"], r["category"]) for r in edits) == sorted(

@@ -18,6 +18,8 @@ success. Per method × category the means are tabulated and the success rates pl
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 from typing import Sequence
 
@@ -86,20 +88,31 @@ def run_benchmark(cascade, params, embedder, config, workdir: str, timer) -> lis
   `config` carries `ablation` (num_clips, data_seed, steps, s_none, s_finetuned), `alphas`
   (video, mixed), `finetune` (what the finetuned methods share) and `seed` (the sampling seed).
   A grid png per clip (the source over every method × category output) goes to
-  `<workdir>/ablation_clips/`.
+  `<workdir>/ablation_clips/`, with the clip's rows and the run's settings in a json beside it:
+  a run stopped part-way resumes in the same workdir from the clips already done (and refuses a
+  workdir whose finished clips were made with other settings).
   """
   methods = methods_from_config(config.ablation, config.alphas)
+  settings = run_settings(config)
   top = cascade.stage(finetune.top_finetune_stage(cascade, config.finetune))
   last = cascade.stages[-1]
   t_star, t_star_mask = embedder([config.finetune.prompt])
   rows = []
   for index, clip in enumerate(source_clips(config.ablation.num_clips, config.ablation.data_seed)):
+    record = os.path.join(workdir, "ablation_clips", f"clip{index:03d}.json")
+    done = _read_clip_record(record, settings)
+    if done is not None:
+      logging.info("ablation clip %d/%d: reusing %s.", index + 1, config.ablation.num_clips,
+                   record)
+      rows.extend(done)
+      continue
     source_top = shapes.render(clip, top.frames, top.height, top.width)[None]
     source_out = shapes.render(clip, last.frames, last.height, last.width)
     base_view = corrupt.to_stage(cascade, jnp.asarray(source_top), top.name, cascade.names[0])
     targets = {c: edit_attributes(clip, c, index) for c in CATEGORIES}
     text, mask = embedder([shapes.caption(t) for t in targets.values()])
     grid, labels = [source_out], [f"source: {shapes.caption(clip)}"]
+    clip_rows = []
     for method in methods:
       with timer(f"finetune_{method.name}"):
         tuned = _method_params(cascade, params, source_top, t_star, t_star_mask, config, method)
@@ -108,16 +121,60 @@ def run_benchmark(cascade, params, embedder, config, workdir: str, timer) -> lis
           out = _edit(cascade, tuned, base_view, text[j:j + 1], mask[j:j + 1], method,
                       config.seed)
         scores = scoring.edit_scores(out, source_out, target, clip)
-        rows.append(dict(clip=index, category=category, method=method.name,
-                         source=shapes.caption(clip), prompt=shapes.caption(target),
-                         **scores.row()))
+        clip_rows.append(dict(clip=index, category=category, method=method.name,
+                              source=shapes.caption(clip), prompt=shapes.caption(target),
+                              **scores.row()))
         grid.append(out)
         labels.append(f"{method.name} / {category}")
       logging.info("ablation clip %d/%d: method %s done.", index + 1, config.ablation.num_clips,
                    method.name)
     outputs.write_comparison_png(os.path.join(workdir, "ablation_clips", f"clip{index:03d}.png"),
                                  grid, labels)
+    report.write_text(record, json.dumps(dict(settings=settings, rows=clip_rows), indent=1))
+    rows.extend(clip_rows)
   return rows
+
+
+def run_settings(config) -> dict:
+  """What an ablation row depends on besides its clip: the checkpoint, cascade, sampling seed,
+  methods and finetuning settings (`num_clips` aside: a longer run extends a shorter one), as
+  plain json values."""
+  ablation = {k: v for k, v in config.ablation.items() if k != "num_clips"}
+  settings = dict(checkpoint=_checkpoint_digest(config.checkpoint), cascade=config.cascade,
+                  seed=config.seed, ablation=ablation, alphas=config.alphas,
+                  finetune=config.finetune)
+  return json.loads(json.dumps(settings, sort_keys=True, default=_plain))
+
+
+def _checkpoint_digest(checkpoint: str) -> dict[str, str]:
+  """{file: sha256} of a checkpoint directory's safetensors (so retrained weights at the same path
+  do not pass for the old ones); {} for random weights (`checkpoint = ""`)."""
+  if not checkpoint:
+    return {}
+  digests = {}
+  for name in sorted(os.listdir(checkpoint)):
+    if name.endswith(".safetensors"):
+      with open(os.path.join(checkpoint, name), "rb") as f:
+        digests[name] = hashlib.sha256(f.read()).hexdigest()
+  return digests
+
+
+def _plain(value):
+  return value.to_dict() if hasattr(value, "to_dict") else str(value)
+
+
+def _read_clip_record(path: str, settings: dict) -> list[dict] | None:
+  """The rows of a clip finished earlier in this workdir, or None when there is none."""
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    record = json.load(f)
+  if record.get("settings") != settings:
+    raise ValueError(
+        f"{path} holds a clip edited with other settings than this run's (checkpoint, cascade, "
+        "seed, ablation, alphas or finetune differ). Use a new --workdir, or delete "
+        f"{os.path.dirname(path)} to start this workdir over.")
+  return record["rows"]
 
 
 def _method_params(cascade, params, source_top, t_star, t_star_mask, config, method: Method):

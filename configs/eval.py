@@ -13,7 +13,7 @@ distance always; CLIP score with `clip_dir`, a local Hugging Face CLIP; temporal
 `benchmark=shapes`: edits `ablation.num_clips` test-split clips × 4 edit categories with 4 methods
 (no finetuning at s = `ablation.s_none`; video (α = 1) and mixed (α = 0.35) finetuning for
 `ablation.steps` steps at s = `ablation.s_finetuned`; text-to-video) on the demo cascade and writes
-ablation.csv/.md, ablation_edits.csv and ablation_success.png; each finished clip is kept in
+ablation.csv/.md, ablation_edits.csv and ablation_success[_kept].png; each finished clip is kept in
 `ablation_clips/`, so a stopped run resumes where it was when started again in the same workdir.
 `runlocal`: tiny random cascade, one clip, a few steps.
 `benchmark=text2video`: samples the captions of the first `text2video.num_captions` test-split clips

@@ -46,6 +46,16 @@ def test_scores_of_constructed_edits(changes, asked, alignment, fidelity):
   assert scoring.edit_scores(render(**changes), render(), prompt(**asked)).fidelity == fidelity
 
 
+def test_kept_is_fidelity_without_the_texture():
+  retextured = scoring.edit_scores(render(color="blue", texture_seed=8), render(),
+                                   prompt(color="blue"))
+  assert (retextured.fidelity, retextured.kept, retextured.success_kept) == (False, True, True)
+  moved = scoring.edit_scores(render(color="blue", x=50.0), render(), prompt(color="blue"))
+  assert (moved.fidelity, moved.kept, moved.success_kept) == (False, False, False)
+  row = retextured.row()
+  assert (row["kept"], row["success_kept"], row["success"]) == (1.0, 1.0, 0.0)
+
+
 def test_temporal_distance():
   video = np.zeros((3, 4, 5, 3), np.float32)
   video[1] = 0.5
@@ -153,6 +163,8 @@ def test_ablation_runlocal(tmp_path, monkeypatch):
     assert r["changed"] == ablation.CATEGORIES[r["category"]]
     assert target == ablation.edit_attributes(shapes.parse_caption(r["source"]), r["category"], 0)
     assert r["success"] == str(int(r["alignment"] == r["fidelity"] == "1"))
+    assert r["success_kept"] == str(int(r["alignment"] == r["kept"] == "1"))
+    assert r["fidelity"] <= r["kept"]
   with open(paths["table_csv"]) as f:
     table = list(csv.reader(f))
   assert table[0] == list(ablation.SUMMARY_COLUMNS)
@@ -160,7 +172,8 @@ def test_ablation_runlocal(tmp_path, monkeypatch):
       (m, c, "4" if c == "all" else "1") for m in ablation.METHODS
       for c in list(ablation.CATEGORIES) + ["all"]]
   assert pathlib.Path(paths["table_md"]).read_text().count("\n| ") == 1 + 20
-  assert pathlib.Path(paths["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  for plot in ("plot", "plot_kept"):
+    assert pathlib.Path(paths[plot]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert (tmp_path / "ablation_clips" / "clip000.png").is_file()
 
 

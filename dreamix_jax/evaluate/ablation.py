@@ -39,7 +39,12 @@ CATEGORIES = {"motion": "motion", "object": "shape", "appearance": "color",
 METHODS = ("none", "video", "mixed", "text2video")
 _VOCABULARY = {"motion": shapes.MOTIONS, "shape": shapes.SHAPES, "color": shapes.COLORS,
                "background": shapes.BACKGROUNDS}
-SUMMARY_COLUMNS = ("method", "category", "edits", "alignment", "fidelity", "stability", "success")
+SUMMARY_COLUMNS = ("method", "category", "edits", "alignment", "fidelity", "kept", "texture",
+                   "stability", "success", "success_kept")
+# Summary column -> the per-edit score it averages.
+_MEANS = {"alignment": "alignment", "fidelity": "fidelity", "kept": "kept",
+          "texture": "texture_correlation", "stability": "stability", "success": "success",
+          "success_kept": "success_kept"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,26 +209,30 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
       if not group:
         continue
       row = dict(method=method, category=category, edits=len(group))
-      for key in ("alignment", "fidelity", "stability", "success"):
-        row[key] = float(np.mean([r[key] for r in group]))
+      for column, key in _MEANS.items():
+        row[column] = float(np.nanmean([r[key] for r in group]))
       summary.append(row)
   return summary
 
 
 def write_results(workdir: str, rows: Sequence[dict]) -> dict[str, str]:
-  """Writes ablation_edits.csv (every edit), ablation.csv/.md (the summary) and
-  ablation_success.png (success per category and method); returns {kind: path}."""
+  """Writes ablation_edits.csv (every edit), ablation.csv/.md (the summary),
+  ablation_success.png and ablation_success_kept.png (success, and success without the texture
+  criterion, per category and method); returns {kind: path}."""
   summary = summarize(rows)
   paths = {"edits": os.path.join(workdir, "ablation_edits.csv")}
   report.write_text(paths["edits"], report.csv_text(rows))
   paths["table_csv"], paths["table_md"] = report.write_tables(
       os.path.join(workdir, "ablation"), summary, SUMMARY_COLUMNS,
-      title="Moving-shapes ablation: probe alignment, fidelity, temporal distance (lower is "
-            "stabler), success")
+      title="Moving-shapes ablation: probe alignment, fidelity (kept: without the texture; "
+            "texture: mean correlation), temporal distance (lower is stabler), success")
   categories = list(dict.fromkeys(r["category"] for r in summary))
-  series = {m: [next((r["success"] for r in summary if r["method"] == m and r["category"] == c),
-                     float("nan")) for c in categories]
-            for m in dict.fromkeys(r["method"] for r in summary)}
-  paths["plot"] = os.path.join(workdir, "ablation_success.png")
-  report.write_bar_chart(paths["plot"], categories, series, "Edit success per category")
+  methods = list(dict.fromkeys(r["method"] for r in summary))
+  for kind, column, title in (("plot", "success", "Edit success per category"),
+                              ("plot_kept", "success_kept",
+                               "Edit success per category, texture not required")):
+    series = {m: [next((r[column] for r in summary if r["method"] == m and r["category"] == c),
+                       float("nan")) for c in categories] for m in methods}
+    paths[kind] = os.path.join(workdir, f"ablation_{column}.png")
+    report.write_bar_chart(paths[kind], categories, series, title)
   return paths

@@ -12,7 +12,11 @@ details of the original kept?) and quality; in the moving-shapes world the pixel
   (correlation with the source's at least `TEXTURE_THRESHOLD`);
 - temporal stability: the mean distance between consecutive frames (RMS over pixels, in [-1, 1]
   units; lower is stabler), a pixel-space stand-in for temporal LPIPS;
-- success: alignment and fidelity both hold (the paper's "all scores above 2.5").
+- success: alignment and fidelity both hold (the paper's "all scores above 2.5");
+- kept, success_kept: fidelity and success without the texture criterion (the unchanged attributes,
+  start position and size only). The texture is the finest detail of the world and the first to go
+  when an edit re-generates the background, so the pair separates "the scene was kept" from "its
+  fine detail was kept".
 
 Size is the bounding-box side rather than the area so that a shape edit (a circle and a square of
 one size differ in area by 4/π) does not count as a size change.
@@ -38,6 +42,7 @@ TEXTURE_THRESHOLD = 0.5
 class EditScores:
   """Probe scores of one edited video against its prompt and source (see the module docstring).
 
+  `kept`: fidelity without the texture criterion.
   `changed`: the attributes the prompt changes from the source; `attributes_ok`: per attribute,
   whether the output shows the prompt's value; `start_shift`: first-frame centroid distance in
   frame heights; `size_ratio`: output / source object size; `texture_correlation`: background
@@ -46,6 +51,7 @@ class EditScores:
 
   alignment: bool
   fidelity: bool
+  kept: bool
   stability: float
   changed: tuple[str, ...]
   attributes_ok: dict
@@ -57,10 +63,15 @@ class EditScores:
   def success(self) -> bool:
     return self.alignment and self.fidelity
 
+  @property
+  def success_kept(self) -> bool:
+    return self.alignment and self.kept
+
   def row(self) -> dict:
     """A flat dict for tables: floats for the scores (1.0/0.0 for the booleans)."""
     out = dict(alignment=float(self.alignment), fidelity=float(self.fidelity),
-               stability=self.stability, success=float(self.success),
+               kept=float(self.kept), stability=self.stability, success=float(self.success),
+               success_kept=float(self.success_kept),
                changed="+".join(self.changed) or "none")
     out.update({f"{k}_ok": float(v) for k, v in self.attributes_ok.items()})
     out.update(start_shift=self.start_shift, size_ratio=self.size_ratio,
@@ -129,11 +140,11 @@ def edit_scores(output: np.ndarray, source: np.ndarray, prompt: str | shapes.Att
   start_shift = float(np.linalg.norm(_start(result) - _start(source_result)))
   size_ratio = _size(result) / _size(source_result)
   texture = result.texture_correlation
-  fidelity = (all(attributes_ok[k] for k in ATTRIBUTES if k not in changed)
-              and start_shift <= START_TOLERANCE
-              and 1 / SIZE_TOLERANCE <= size_ratio <= SIZE_TOLERANCE
-              and texture >= TEXTURE_THRESHOLD)
-  return EditScores(alignment=all(attributes_ok.values()), fidelity=bool(fidelity),
+  kept = (all(attributes_ok[k] for k in ATTRIBUTES if k not in changed)
+          and start_shift <= START_TOLERANCE
+          and 1 / SIZE_TOLERANCE <= size_ratio <= SIZE_TOLERANCE)
+  return EditScores(alignment=all(attributes_ok.values()),
+                    fidelity=bool(kept and texture >= TEXTURE_THRESHOLD), kept=bool(kept),
                     stability=temporal_distance(output), changed=changed,
                     attributes_ok=attributes_ok, start_shift=start_shift, size_ratio=size_ratio,
                     texture_correlation=float(texture))

@@ -15,7 +15,7 @@ output.mp4, as every sampling job writes) gets a row of `scores.csv` / `scores.m
   alignment alone.
 
 Benchmarks: `config.benchmark = "shapes"`, the editing ablation (`evaluate.ablation`; writes
-ablation.csv/.md, ablation_edits.csv and ablation_success.png); `"text2video"`, test-split
+ablation.csv/.md, ablation_edits.csv and ablation_success[_kept].png); `"text2video"`, test-split
 captions sampled and read back by the probe (`evaluate.text2video`; writes text2video.csv/.md,
 text2video_samples.csv and text2video_grid.png).
 """

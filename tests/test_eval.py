@@ -143,6 +143,7 @@ def test_ablation_runlocal(tmp_path, monkeypatch):
   """1 clip x 4 categories x 4 methods on the tiny random cascade, tiny finetunes; a second run in
   the workdir reuses the finished clip, and one with other settings is refused."""
   config = load("configs/eval.py:benchmark=shapes,runlocal")
+  assert config.ablation.upto == "base"
   paths = evaluate.run(config, str(tmp_path))
   first = pathlib.Path(paths["edits"]).read_text()
 

@@ -90,7 +90,8 @@ def source_clips(num_clips: int, data_seed: int) -> list[shapes.ClipAttributes]:
 def run_benchmark(cascade, params, embedder, config, workdir: str, timer) -> list[dict]:
   """Edits and scores every clip × category × method; returns one row per edit.
 
-  `config` carries `ablation` (num_clips, data_seed, steps, s_none, s_finetuned), `alphas`
+  Outputs are scored at stage `ablation.upto` ("" = the last; the later stages are not sampled).
+  `config` carries `ablation` (num_clips, data_seed, steps, s_none, s_finetuned, upto), `alphas`
   (video, mixed), `finetune` (what the finetuned methods share) and `seed` (the sampling seed).
   A grid png per clip (the source over every method × category output) goes to
   `<workdir>/ablation_clips/`, with the clip's rows and the run's settings in a json beside it:
@@ -100,7 +101,7 @@ def run_benchmark(cascade, params, embedder, config, workdir: str, timer) -> lis
   methods = methods_from_config(config.ablation, config.alphas)
   settings = run_settings(config)
   top = cascade.stage(finetune.top_finetune_stage(cascade, config.finetune))
-  last = cascade.stages[-1]
+  scored = cascade.stage(config.ablation.upto or cascade.names[-1])
   t_star, t_star_mask = embedder([config.finetune.prompt])
   rows = []
   for index, clip in enumerate(source_clips(config.ablation.num_clips, config.ablation.data_seed)):
@@ -112,7 +113,7 @@ def run_benchmark(cascade, params, embedder, config, workdir: str, timer) -> lis
       rows.extend(done)
       continue
     source_top = shapes.render(clip, top.frames, top.height, top.width)[None]
-    source_out = shapes.render(clip, last.frames, last.height, last.width)
+    source_out = shapes.render(clip, scored.frames, scored.height, scored.width)
     base_view = corrupt.to_stage(cascade, jnp.asarray(source_top), top.name, cascade.names[0])
     targets = {c: edit_attributes(clip, c, index) for c in CATEGORIES}
     text, mask = embedder([shapes.caption(t) for t in targets.values()])
@@ -124,7 +125,7 @@ def run_benchmark(cascade, params, embedder, config, workdir: str, timer) -> lis
       for j, (category, target) in enumerate(targets.items()):
         with timer("sample"):
           out = _edit(cascade, tuned, base_view, text[j:j + 1], mask[j:j + 1], method,
-                      config.seed)
+                      config.seed, scored.name)
         scores = scoring.edit_scores(out, source_out, target, clip)
         clip_rows.append(dict(clip=index, category=category, method=method.name,
                               source=shapes.caption(clip), prompt=shapes.caption(target),
@@ -193,11 +194,13 @@ def _method_params(cascade, params, source_top, t_star, t_star_mask, config, met
   return tuned
 
 
-def _edit(cascade, params, base_view, text, mask, method: Method, seed: int) -> np.ndarray:
+def _edit(cascade, params, base_view, text, mask, method: Method, seed: int,
+          upto: str) -> np.ndarray:
   if method.s is not None:
-    return edit.edit_video(cascade, params, base_view, text, mask, method.s, seed)
-  outs = cascade.sample(params, jnp.asarray(text), jnp.asarray(mask), jax.random.PRNGKey(seed))
-  return np.asarray(jax.device_get(outs[cascade.names[-1]][0]))
+    return edit.edit_video(cascade, params, base_view, text, mask, method.s, seed, upto=upto)
+  outs = cascade.sample(params, jnp.asarray(text), jnp.asarray(mask), jax.random.PRNGKey(seed),
+                        upto=upto)
+  return np.asarray(jax.device_get(outs[upto][0]))
 
 
 def summarize(rows: Sequence[dict]) -> list[dict]:

@@ -177,19 +177,20 @@ def _finetune_and_edit(config, workdir, job, cascade, params, embedder, timer, v
 
 
 def edit_video(cascade, params, base_view, text, text_mask, s: float, seed: int, *,
-               timer=None) -> np.ndarray:
+               upto: str | None = None, timer=None) -> np.ndarray:
   """One Dreamix edit of an in-memory video: noise the base view to level `s`, denoise with the
   base stage from `s` under the prompt, upscale through the cascade.
 
   base_view: (1, T, H, W, 3) in [-1, 1] at the base stage's resolution; text, text_mask: (1, L, D),
-  (1, L) of the edit prompt. Returns the last stage's output (T', H', W', 3) as numpy. A `timer`
-  records each stage's sampling (`sample_<stage>`).
+  (1, L) of the edit prompt. Returns the output (T', H', W', 3) of stage `upto` (default: the last)
+  as numpy. A `timer` records each stage's sampling (`sample_<stage>`).
   """
   key_noise, key_sample = jax.random.split(jax.random.PRNGKey(seed))
   z_s = corrupt.corrupt(jnp.asarray(base_view), s, key_noise, cascade.schedule)
+  upto = upto or cascade.names[-1]
   outs = cascade.sample(params, jnp.asarray(text), jnp.asarray(text_mask), key_sample,
-                        base_start=z_s, t_start=s, timer=timer)
-  return np.asarray(jax.device_get(outs[cascade.names[-1]][0]))
+                        base_start=z_s, t_start=s, upto=upto, timer=timer)
+  return np.asarray(jax.device_get(outs[upto][0]))
 
 
 def input_at_output_resolution(cascade, video, top_name):

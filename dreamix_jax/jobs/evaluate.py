@@ -60,7 +60,7 @@ def run_benchmark(config, workdir: str) -> dict[str, str]:
   if config.benchmark not in BENCHMARKS:
     raise ValueError(f"Unknown benchmark {config.benchmark!r}; use one of {BENCHMARKS}.")
   timer = common.Timer()
-  upto = config.text2video.upto if config.benchmark == "text2video" else ""
+  upto = (config.text2video if config.benchmark == "text2video" else config.ablation).upto
   with timer("load"):
     cascade, params = common.load_cascade(config, upto=upto)
     embedder = common.make_embedder(config, cascade)

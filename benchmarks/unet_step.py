@@ -4,7 +4,8 @@ For each config (shapes base / tsr / ssr stages, and "small": a ~37M-parameter b
 16×24×40, see `common.small_stage_config`) it times, with the project's own code:
   video    one jitted, state-donating train step (`train.state.make_train_step`) on the video variant
            only (`train.losses.make_mixed_loss(..., alpha=1)`, i.e. pretraining's loss);
-  mixed    the same with Dreamix's mixed loss (alpha=0.35: video and frame variants vmapped);
+  mixed    the same with Dreamix's mixed loss (alpha=0.35: one U-Net call on the videos, one
+           frames-only call on the shuffled frames; see `train.losses.make_mixed_loss`);
   sampler  one guided denoiser call as the sampler makes it (`sampling.guided_v_fn`: CFG's two
            branches batched), batch 1 (one prompt).
 Columns: XLA cost-analysis GFLOP of the compiled program, best wall time, achieved GFLOP/s, that

@@ -1,4 +1,4 @@
-"""Dreamix mixed finetuning: the vmapped objective, masking gradients, α limits, loss decrease,
+"""Dreamix mixed finetuning: the mixed objective, masking gradients, α limits, loss decrease,
 corruption, exact resume of the training loop."""
 
 import importlib.util

@@ -1,5 +1,6 @@
 """Space-time U-Net: shapes, frame-mask invariances, vmapped variants, text masking, counts."""
 
+import dataclasses
 import functools
 
 import jax
@@ -156,3 +157,40 @@ def test_relative_position_buckets_symmetric_and_bounded():
   assert np.all(np.diag(b) == 0)
   assert len(np.unique(b[0])) > 8  # distinct buckets for distinct forward offsets
   assert not np.array_equal(b, b.T)  # bidirectional: forward and backward offsets differ
+
+
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_frames_only_equals_all_masked(base, inputs, remat):
+  """The static frames-only form computes the all-masked U-Net (outputs and every parameter
+  gradient; the temporal convolutions' gradients exactly zero), base and SR stages, with remat."""
+  params, _ = base
+  z, logsnr, text, mask = inputs
+  low = z[:, :, :, :8]
+  sr_params = _randomise(unet.init_params(SR, jax.random.PRNGKey(4), frames=T, height=H, width=8,
+                                          text_len=L, text_dim=D), 5)
+  for config, p, kwargs, x in ((BASE, params, {}, z),
+                               (SR, sr_params, dict(cond=low, cond_logsnr=logsnr[:, 0]), low)):
+    _, apply = unet.make_denoiser(dataclasses.replace(config, remat=remat))
+
+    def loss(p, frames_only, apply=apply, kwargs=kwargs, x=x):
+      extra = dict(frames_only=True) if frames_only else dict(temporal_mask=jnp.ones((B,)))
+      out = apply(p, x, logsnr, text, mask, **kwargs, **extra)
+      return jnp.sum(out * jnp.cos(out)), out
+
+    (_, out_ref), g_ref = jax.jit(jax.value_and_grad(functools.partial(loss, frames_only=False),
+                                                     has_aux=True))(p)
+    (_, out), g = jax.jit(jax.value_and_grad(functools.partial(loss, frames_only=True),
+                                             has_aux=True))(p)
+    np.testing.assert_allclose(out, out_ref, rtol=1e-5, atol=1e-5)
+    # One scale for all leaves: some gradients are zero up to rounding (a conv bias before a
+    # GroupNorm), so a per-leaf scale would compare rounding noise with rounding noise.
+    scale = max(float(jnp.abs(b).max()) for b in jax.tree_util.tree_leaves(g_ref))
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(g)[0],
+                            jax.tree_util.tree_leaves(g_ref)):
+      name = jax.tree_util.keystr(path)
+      np.testing.assert_allclose(a / scale, b / scale, atol=1e-5, err_msg=name)
+      if "temporal_conv" in name:
+        assert float(jnp.abs(a).max()) == 0.0, name
+  with pytest.raises(ValueError, match="frames_only"):
+    unet.make_denoiser(BASE)[1](params, z, logsnr, text, mask, temporal_mask=jnp.ones((B,)),
+                                frames_only=True)

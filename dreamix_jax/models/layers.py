@@ -8,7 +8,10 @@ Frame masking (Dreamix's "frame" variant) is an *array* argument, `frame_mask: (
 the example is a set of independent images: temporal attention becomes identity attention (each frame
 attends only to itself; value and output projections still apply) and every temporal-convolution
 residual is multiplied by 0. Because it is data, one compiled function serves both variants and
-`jax.vmap` can batch over it.
+`jax.vmap` can batch over it. When a whole batch is frame sets and that is known at trace time
+(Dreamix's frame variant in its own U-Net call), the static `frames_only` form computes the same
+values without the discarded work: `TemporalAttention(..., frames_only=True)` is the per-frame map
+out(v(norm(x))) (no queries, keys or softmax) and the U-Net skips the temporal convolutions.
 
 Parameters carry logical axis names (`nn.with_logical_partitioning`) that `dreamix_jax.parallel` maps to
 mesh axes: 'embed' (a layer's input channels), 'mlp' (its output channels), 'heads' (attention heads).
@@ -266,11 +269,27 @@ def temporal_allowed(frame_mask, frames):
   return jnp.where(masked, eye[None], True)
 
 
+class ProjectionKernel(nn.Module):
+  """The (C_in, features) kernel of a bias-free `dense` layer, returned rather than applied, so a
+  caller can use a slice of it (its parameter is `nn.Dense`'s: same name, shape, init and logical
+  axis names ('embed', 'mlp'))."""
+
+  features: int
+
+  @nn.compact
+  def __call__(self, in_features):
+    return self.param("kernel", _init(nn.initializers.lecun_normal(), ("embed", "mlp")),
+                      (in_features, self.features))
+
+
 class TemporalAttention(nn.Module):
   """Bidirectional self-attention over frames at every spatial position, T5-style relative bias.
 
   x: (B, T, H, W, C); frame_mask: (B,) or (B, T, T). Zero-initialised output projection inside a
   residual, so a freshly initialised layer is the identity map.
+  With `frames_only=True` (static) every example is taken as a frame set, `frame_mask` is ignored,
+  and the layer computes identity attention's value directly: each frame's output is its own value
+  vector, x + out(v(norm(x))), with no queries, keys, bias or softmax.
   """
 
   num_heads: int
@@ -279,22 +298,25 @@ class TemporalAttention(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, frame_mask):
+  def __call__(self, x, frame_mask, frames_only=False):
     b, t, h, w, c = x.shape
     heads = self.num_heads
     hd = c // heads
-    y = fold_positions(group_norm(fold_frames(x), dtype=self.dtype, name="norm").reshape(x.shape))
-    qkv = dense(3 * c, dtype=self.dtype, use_bias=False, name="qkv")(y)
-    q, k, v = jnp.split(qkv.reshape(b * h * w, t, 3 * heads, hd), 3, axis=2)
+    y = group_norm(fold_frames(x), dtype=self.dtype, name="norm")  # (B·T, H, W, C)
+    qkv_kernel = ProjectionKernel(3 * c, name="qkv")(c).astype(self.dtype)  # columns: q | k | v
+    out_proj = dense(c, names=("mlp", "embed"), zero_init=True, dtype=self.dtype, name="out")
     table = self.param("rel_bias", _init(nn.initializers.normal(0.02), (None, "heads")),
                        (self.num_buckets, heads))
+    if frames_only:
+      return x + out_proj(jnp.dot(y, qkv_kernel[:, 2 * c:])).reshape(x.shape)
+    qkv = jnp.dot(fold_positions(y.reshape(x.shape)), qkv_kernel)
+    q, k, v = jnp.split(qkv.reshape(b * h * w, t, 3 * heads, hd), 3, axis=2)
     bias = table[relative_position_buckets(t, self.num_buckets, self.max_distance)]  # (T, T, heads)
     bias = bias.transpose(2, 0, 1)[None].astype(jnp.float32)  # (1, heads, T, T)
     allowed = temporal_allowed(frame_mask, t)  # (B, T, T)
     allowed = jnp.broadcast_to(allowed[:, None, None], (b, h * w, 1, t, t)).reshape(b * h * w, 1, t, t)
     out = attention(q, k, v, bias=bias, mask=allowed).reshape(b * h * w, t, c)
-    out = dense(c, names=("mlp", "embed"), zero_init=True, dtype=self.dtype, name="out")(out)
-    return x + unfold_positions(out, b, h, w)
+    return x + unfold_positions(out_proj(out), b, h, w)
 
 
 class FrameConv(nn.Module):

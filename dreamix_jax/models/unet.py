@@ -113,6 +113,10 @@ class SpaceTimeUNet(nn.Module):
   z: (B, T, H, W, C_in); logsnr: (B,) or (B, T); text: (B, L, D); text_mask: (B, L) bool;
   cond: (B, T, H, W, 3) upsampled low-res video (SR stages); cond_logsnr: (B,) or (B, T);
   temporal_mask: (B,) flags (1 = frames are independent images) or (B, T, T) bool.
+  frames_only (static): every example is a set of independent images, as with `temporal_mask` all
+  ones, computed without the work that mask discards (no temporal convolutions; temporal attention
+  as its per-frame value map); for Dreamix's frame variant in its own call. Excludes
+  `temporal_mask`.
   Returns v̂: (B, T, H, W, out_channels) in float32.
   """
 
@@ -120,7 +124,7 @@ class SpaceTimeUNet(nn.Module):
 
   @nn.compact
   def __call__(self, z, logsnr, text, text_mask, *, cond=None, cond_logsnr=None,
-               temporal_mask=None, train=False):
+               temporal_mask=None, train=False, frames_only=False):
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     b, t, h, w, _ = z.shape
@@ -130,8 +134,10 @@ class SpaceTimeUNet(nn.Module):
     if cfg.conditional != (cond is not None):
       raise ValueError("An SR stage (conditional=True) needs `cond` and `cond_logsnr`; a base "
                        "stage takes neither.")
+    if frames_only and temporal_mask is not None:
+      raise ValueError("frames_only=True already masks every example; pass no temporal_mask.")
     if temporal_mask is None:
-      temporal_mask = jnp.zeros((b,), jnp.float32)
+      temporal_mask = jnp.full((b,), 1.0 if frames_only else 0.0, jnp.float32)
 
     emb_dim = cfg.channels * 4
     emb = layers.LogSNREmbedding(cfg.channels, t, dtype=dtype, name="time_emb")(logsnr)
@@ -148,7 +154,7 @@ class SpaceTimeUNet(nn.Module):
     x = layers.conv(cfg.channels, (3, 3), dtype=dtype, name="stem")(
         layers.fold_frames(x.astype(dtype)))
     policy = _remat_policy_name(cfg.remat)
-    block = _Block if policy == "none" else nn.remat(_Block, static_argnums=(6,),
+    block = _Block if policy == "none" else nn.remat(_Block, static_argnums=(6, 7),
                                                      policy=REMAT_POLICIES[policy])
 
     skips = []
@@ -157,17 +163,17 @@ class SpaceTimeUNet(nn.Module):
         x = layers.conv(x.shape[-1], (3, 3), strides=2, dtype=dtype, name=f"down_{level}")(x)
       for i in range(cfg.num_res_blocks[level]):
         x = block(cfg, level, cfg.channels * mult, name=f"down_{level}_{i}")(
-            x, emb, text, text_mask, temporal_mask, train)
+            x, emb, text, text_mask, temporal_mask, train, frames_only)
       skips.append(x)
 
     x = block(cfg, len(cfg.channel_mult) - 1, x.shape[-1], force_attention=True, name="middle")(
-        x, emb, text, text_mask, temporal_mask, train)
+        x, emb, text, text_mask, temporal_mask, train, frames_only)
 
     for level in reversed(range(len(cfg.channel_mult))):
       x = jnp.concatenate([x, skips.pop() * _SKIP_SCALE], axis=-1)
       for i in range(cfg.num_res_blocks[level]):
         x = block(cfg, level, cfg.channels * cfg.channel_mult[level], name=f"up_{level}_{i}")(
-            x, emb, text, text_mask, temporal_mask, train)
+            x, emb, text, text_mask, temporal_mask, train, frames_only)
       if level > 0:
         x = upsample_nearest(x)
         x = layers.conv(cfg.channels * cfg.channel_mult[level - 1], (3, 3), dtype=dtype,
@@ -186,7 +192,11 @@ def upsample_nearest(x):
 
 
 class _Block(nn.Module):
-  """One residual block and the attention/temporal layers its level calls for. x: (B·T, H, W, C)."""
+  """One residual block and the attention/temporal layers its level calls for. x: (B·T, H, W, C).
+
+  With `frames_only` (static; see `SpaceTimeUNet`) the temporal convolution, whose residual the
+  frame mask would zero, is skipped, and temporal attention takes its per-frame form.
+  """
 
   config: UNetConfig
   level: int
@@ -194,12 +204,12 @@ class _Block(nn.Module):
   force_attention: bool = False
 
   @nn.compact
-  def __call__(self, x, emb, text, text_mask, temporal_mask, train):
+  def __call__(self, x, emb, text, text_mask, temporal_mask, train, frames_only):
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     b = text.shape[0]
     x = layers.ResBlock(self.out_channels, cfg.dropout, dtype=dtype, name="res")(x, emb, train=train)
-    if cfg.temporal_conv:
+    if cfg.temporal_conv and not frames_only:
       x = layers.fold_frames(layers.TemporalConv(dtype=dtype, name="temporal_conv")(
           layers.unfold_frames(x, b), temporal_mask))
     heads = self.out_channels // cfg.head_dim
@@ -209,7 +219,7 @@ class _Block(nn.Module):
           x, text, text_mask)
     if self.level in cfg.temporal_attn_levels:
       x = layers.fold_frames(layers.TemporalAttention(heads, dtype=dtype, name="temporal_attn")(
-          layers.unfold_frames(x, b), temporal_mask))
+          layers.unfold_frames(x, b), temporal_mask, frames_only))
     # Block boundary: (B·T, H, W, C) activations are sharded by the 'activation_*' logical rules
     # (a no-op without a mesh and rules; see dreamix_jax.parallel).
     return nn.with_logical_constraint(x, ACTIVATION_AXES)
@@ -222,15 +232,17 @@ def make_denoiser(config: UNetConfig) -> tuple[SpaceTimeUNet, Denoiser]:
   """The module and its pure apply function, the interface every other part of the project uses:
 
   `apply(params, z, logsnr, text, text_mask, *, cond=None, cond_logsnr=None, temporal_mask=None,
-  train=False, rng=None) -> v̂`. `rng` feeds dropout when `train` is True.
+  train=False, rng=None, frames_only=False) -> v̂`. `rng` feeds dropout when `train` is True;
+  `frames_only` is static (see `SpaceTimeUNet`).
   """
   model = SpaceTimeUNet(config)
 
   def apply(params, z, logsnr, text, text_mask, *, cond=None, cond_logsnr=None,
-            temporal_mask=None, train=False, rng=None):
+            temporal_mask=None, train=False, rng=None, frames_only=False):
     rngs = {"dropout": rng} if (train and rng is not None) else None
     return model.apply({"params": params}, z, logsnr, text, text_mask, cond=cond,
-                       cond_logsnr=cond_logsnr, temporal_mask=temporal_mask, train=train, rngs=rngs)
+                       cond_logsnr=cond_logsnr, temporal_mask=temporal_mask, train=train, rngs=rngs,
+                       frames_only=frames_only)
 
   return model, apply
 

@@ -26,9 +26,10 @@ from dreamix_jax.diffusion import objectives, schedules
 class StageLoss:
   """The per-example denoising loss of one stage: `loss(params, batch, rng) -> (B,)`.
 
-  It is three steps, exposed so that `make_mixed_loss` can vmap the per-variant ones and run the
-  U-Net once: `noise` (batch, rng -> the noised inputs and the targets; no parameters), `denoise`
-  (params, noised, rng -> v̂ (B, T, H, W, 3), the U-Net call) and `score` (v̂, noised -> (B,)).
+  It is three steps, exposed so that `make_mixed_loss` can vmap the per-variant ones and give the
+  frame variant its own frames-only U-Net call: `noise` (batch, rng -> the noised inputs and the
+  targets; no parameters), `denoise` (params, noised, rng -> v̂ (B, T, H, W, 3), the U-Net call)
+  and `score` (v̂, noised -> (B,)).
   `rng` is split in four: log-SNR, noise and conditioning augmentation (`noise`), dropout
   (`denoise`).
   """
@@ -58,14 +59,20 @@ class StageLoss:
           max_t=self.stage.cond_aug_max_t)
     return out
 
-  def denoise(self, params, noised: dict, rng):
-    """v̂ of the U-Net for `noised` (dropout keyed by `rng`'s fourth split)."""
+  def denoise(self, params, noised: dict, rng, *, frames_only: bool = False):
+    """v̂ of the U-Net for `noised` (dropout keyed by `rng`'s fourth split). `frames_only`
+    (static): every example is a frame set, so the U-Net skips the work its temporal mask would
+    discard (`models.unet.SpaceTimeUNet`); `noised['temporal_mask']` is then not read."""
     kwargs = {}
     if self.stage.kind != "base":
       kwargs = dict(cond=noised["cond"], cond_logsnr=noised["cond_logsnr"])
+    if frames_only:
+      kwargs["frames_only"] = True
+    else:
+      kwargs["temporal_mask"] = noised["temporal_mask"]
     return self.apply_fn(params, noised["z"], noised["logsnr"], noised["text"],
-                         noised["text_mask"], temporal_mask=noised["temporal_mask"],
-                         train=self.train, rng=jax.random.split(rng, 4)[3], **kwargs)
+                         noised["text_mask"], train=self.train, rng=jax.random.split(rng, 4)[3],
+                         **kwargs)
 
   def score(self, v, noised: dict):
     """(B,) loss of v̂ against the targets in `noised`."""
@@ -121,16 +128,21 @@ def make_mixed_loss(loss: StageLoss, stage: cascade_lib.Stage, alpha: float):
   """Dreamix's objective α·L_vid + (1 − α)·L_frame in one call (paper §4.2).
 
   The two variants are stacked on a leading axis and their noising and loss are `jax.vmap`-ped over
-  it; the U-Net then runs **once** on the two variants folded into one batch of 2B examples (its
-  per-example `temporal_mask` flags tell them apart), which is the same computation as vmapping the
-  whole loss but faster: vmapping the U-Net itself cost 9–15% more time than the flat batch on CPU
-  (benchmarks/README.md). Each variant has its own key (noise levels, noise); the one U-Net call
-  takes its dropout key from the video variant's. With α = 1 or α = 0 only the variant that
-  counts is computed.
+  it, each with its own key (noise levels, noise, dropout). The U-Net runs once per variant: on the
+  videos with temporal layers on, and on the shuffled frames in its static frames-only form
+  (`StageLoss.denoise(frames_only=True)`), which computes the frame-masked U-Net's values without
+  the temporal convolutions, queries, keys and softmax that the mask discards. On CPU this beats
+  both vmapping the U-Net over the variants (+9–15% over a flat 2B batch) and folding them into one
+  2B batch (a 2B-example step costs 2.14× a B-example one there); see benchmarks/README.md.
+  With α = 1 or α = 0 only the variant that counts is computed.
   Returns fn(params, batch, rng) -> (scalar loss, {'loss_video', 'loss_frames'}).
   """
   if not 0.0 <= alpha <= 1.0:
     raise ValueError(f"alpha must be in [0, 1] (the weight of the full-video loss), got {alpha}.")
+
+  def frames_loss(params, batch, rng):
+    noised = loss.noise(batch, rng)
+    return loss.score(loss.denoise(params, noised, rng, frames_only=True), noised)
 
   def mixed(params, batch, rng):
     k_perm, k_vid, k_frm = jax.random.split(rng, 3)
@@ -138,14 +150,15 @@ def make_mixed_loss(loss: StageLoss, stage: cascade_lib.Stage, alpha: float):
       value = loss(params, video_variant(stage, batch), k_vid).mean()
       return value, {"loss_video": value}
     if alpha == 0.0:
-      value = loss(params, frames_variant(stage, batch, k_perm), k_frm).mean()
+      value = frames_loss(params, frames_variant(stage, batch, k_perm), k_frm).mean()
       return value, {"loss_frames": value}
     both = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), video_variant(stage, batch),
                                   frames_variant(stage, batch, k_perm))
     noised = jax.vmap(loss.noise)(both, jnp.stack([k_vid, k_frm]))  # leaves (2, B, ...)
-    fold = lambda x: x.reshape((-1,) + x.shape[2:])
-    v = loss.denoise(params, jax.tree_util.tree_map(fold, noised), k_vid)  # (2B, T, H, W, 3)
-    per_variant = jax.vmap(loss.score)(v.reshape((2, -1) + v.shape[1:]), noised).mean(axis=1)
+    variant = lambda i: jax.tree_util.tree_map(lambda x: x[i], noised)
+    v = jnp.stack([loss.denoise(params, variant(0), k_vid),
+                   loss.denoise(params, variant(1), k_frm, frames_only=True)])  # (2, B, T, H, W, 3)
+    per_variant = jax.vmap(loss.score)(v, noised).mean(axis=1)
     value = alpha * per_variant[0] + (1.0 - alpha) * per_variant[1]
     return value, {"loss_video": per_variant[0], "loss_frames": per_variant[1]}
 

@@ -49,8 +49,9 @@ def test_unet_step_table():
   # The guided base stage runs CFG's two branches in one call: batch 2 for one prompt.
   assert int(rows[2][col["batch"]]) == 2
   assert _positive(rows[1][col["x_video"]]) and rows[0][col["x_video"]] == "-"
-  # The mixed step runs two variants: about twice the video step's FLOPs.
-  assert 1.8 < float(rows[1][col["GFLOP"]]) / float(rows[0][col["GFLOP"]]) < 2.2
+  # The mixed step runs two variants, the frame variant without the temporal work its mask
+  # discards: more than one video step's FLOPs, clearly less than two (1.78× for the tiny stage).
+  assert 1.5 < float(rows[1][col["GFLOP"]]) / float(rows[0][col["GFLOP"]]) < 1.95
 
 
 def test_sampler_loop_table_and_no_recompiles():

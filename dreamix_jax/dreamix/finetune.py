@@ -3,8 +3,9 @@
 Each finetuned stage learns to denoise the input at its own resolution, conditioned on the rare
 prompt t*: the base on the video downsampled to 16×24×40, an SR stage on (its input view → its output
 view) pairs with noise-conditioning augmentation. The objective is α·L_vid + (1 − α)·L_frame (one
-jitted step: the variants' noising and loss vmapped, the frame variant's U-Net call in its
-frames-only form; see `dreamix_jax.train.losses.make_mixed_loss`). α = 0 finetunes on frames only (image-to-video and subject-driven generation, where there is no real video).
+jitted step; the frame variant's U-Net call in its frames-only form; see
+`dreamix_jax.train.losses.make_mixed_loss`). α = 0 finetunes on frames only (image-to-video and
+subject-driven generation, where there is no real video).
 
 Checkpoints go to `<workdir>/finetune/<stage>/` (orbax, resumable: every `checkpoint_every` steps
 and `checkpoint_every_minutes`, and on SIGTERM/SIGINT); the finetuned parameters are exported to

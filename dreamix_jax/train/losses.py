@@ -26,8 +26,8 @@ from dreamix_jax.diffusion import objectives, schedules
 class StageLoss:
   """The per-example denoising loss of one stage: `loss(params, batch, rng) -> (B,)`.
 
-  It is three steps, exposed so that `make_mixed_loss` can vmap the per-variant ones and give the
-  frame variant its own frames-only U-Net call: `noise` (batch, rng -> the noised inputs and the
+  It is three steps, exposed so that `make_mixed_loss` can give the frame variant a frames-only
+  U-Net call: `noise` (batch, rng -> the noised inputs and the
   targets; no parameters), `denoise` (params, noised, rng -> v̂ (B, T, H, W, 3), the U-Net call)
   and `score` (v̂, noised -> (B,)).
   `rng` is split in four: log-SNR, noise and conditioning augmentation (`noise`), dropout
@@ -127,8 +127,7 @@ def video_variant(stage: cascade_lib.Stage, batch: dict) -> dict:
 def make_mixed_loss(loss: StageLoss, stage: cascade_lib.Stage, alpha: float):
   """Dreamix's objective α·L_vid + (1 − α)·L_frame in one call (paper §4.2).
 
-  The two variants are stacked on a leading axis and their noising and loss are `jax.vmap`-ped over
-  it, each with its own key (noise levels, noise, dropout). The U-Net runs once per variant: on the
+  Each variant has its own key (noise levels, noise, dropout) and its own U-Net call: on the
   videos with temporal layers on, and on the shuffled frames in its static frames-only form
   (`StageLoss.denoise(frames_only=True)`), which computes the frame-masked U-Net's values without
   the temporal convolutions, queries, keys and softmax that the mask discards. On CPU this beats
@@ -146,20 +145,13 @@ def make_mixed_loss(loss: StageLoss, stage: cascade_lib.Stage, alpha: float):
 
   def mixed(params, batch, rng):
     k_perm, k_vid, k_frm = jax.random.split(rng, 3)
-    if alpha == 1.0:
-      value = loss(params, video_variant(stage, batch), k_vid).mean()
-      return value, {"loss_video": value}
-    if alpha == 0.0:
-      value = frames_loss(params, frames_variant(stage, batch, k_perm), k_frm).mean()
-      return value, {"loss_frames": value}
-    both = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), video_variant(stage, batch),
-                                  frames_variant(stage, batch, k_perm))
-    noised = jax.vmap(loss.noise)(both, jnp.stack([k_vid, k_frm]))  # leaves (2, B, ...)
-    variant = lambda i: jax.tree_util.tree_map(lambda x: x[i], noised)
-    v = jnp.stack([loss.denoise(params, variant(0), k_vid),
-                   loss.denoise(params, variant(1), k_frm, frames_only=True)])  # (2, B, T, H, W, 3)
-    per_variant = jax.vmap(loss.score)(v, noised).mean(axis=1)
-    value = alpha * per_variant[0] + (1.0 - alpha) * per_variant[1]
-    return value, {"loss_video": per_variant[0], "loss_frames": per_variant[1]}
+    terms, value = {}, 0.0
+    if alpha > 0.0:
+      terms["loss_video"] = loss(params, video_variant(stage, batch), k_vid).mean()
+      value += alpha * terms["loss_video"]
+    if alpha < 1.0:
+      terms["loss_frames"] = frames_loss(params, frames_variant(stage, batch, k_perm), k_frm).mean()
+      value += (1.0 - alpha) * terms["loss_frames"]
+    return value, terms
 
   return mixed

@@ -7,6 +7,7 @@
   python -m dreamix_jax.main --config=configs/eval.py:benchmark=shapes,upto=ssr --workdir=/tmp/abl_ssr
   python -m dreamix_jax.main --config=configs/eval.py:benchmark=text2video --workdir=/tmp/t2v_eval
   python -m dreamix_jax.main --config=configs/eval.py:benchmark=text2video,upto=base --workdir=/tmp/t2v
+  python -m dreamix_jax.main --config=configs/eval.py:benchmark=classifier --workdir=/tmp/clf
 
 `outputs`: scores every result folder under it into `<workdir>/scores.csv` and `scores.md` (temporal
 distance always; CLIP score with `clip_dir`, a local Hugging Face CLIP; temporal LPIPS with
@@ -23,6 +24,9 @@ ablation.csv/.md, ablation_edits.csv and ablation_success[_kept].png; each finis
 through the cascade up to stage `upto` (default: the last) and reports, per caption attribute, the
 share of samples in which the probe finds it (text2video.csv/.md, text2video_samples.csv,
 text2video_grid.png).
+`benchmark=classifier`: for the first `classifier.num_clips` test clips, which caption the base
+stage's denoising error prefers among those changing one attribute (classifier.csv/.md,
+classifier_clips.csv): whether the model uses each caption word at all, from forward passes only.
 """
 
 from configs import common
@@ -47,6 +51,10 @@ def get_config(arg=None):
                          upto=arg.upto or "base")
   config.text2video = dict(num_captions=2 if arg.runlocal else 100, data_seed=0, upto=arg.upto,
                            batch_size=1 if arg.runlocal else 25)
+  # Log-SNRs from where the object is barely visible (−6) to lightly noised (2); the same noise is
+  # shared by every candidate caption of a clip.
+  config.classifier = dict(num_clips=2 if arg.runlocal else 32, data_seed=0,
+                           logsnrs=(-6.0, -4.0, -2.0, 0.0, 2.0))
   config.alphas = dict(sweep.PAPER_ALPHAS)
   # As configs/edit.py: the finetuned methods tune the base stage alone, batch 1 (tuning tsr and ssr
   # too would take ~30 min per clip and method on a 2-core CPU).

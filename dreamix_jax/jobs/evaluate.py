@@ -3,6 +3,7 @@
   python -m dreamix_jax.main --config=configs/eval.py:outputs=/tmp/dreamix/sweep --workdir=/tmp/eval
   python -m dreamix_jax.main --config=configs/eval.py:benchmark=shapes --workdir=/tmp/ablation
   python -m dreamix_jax.main --config=configs/eval.py:benchmark=text2video --workdir=/tmp/t2v_eval
+  python -m dreamix_jax.main --config=configs/eval.py:benchmark=classifier --workdir=/tmp/clf
 
 Scoring (`config.outputs`): every result folder below the directory (one holding meta.json and
 output.mp4, as every sampling job writes) gets a row of `scores.csv` / `scores.md` in the workdir:
@@ -17,7 +18,9 @@ output.mp4, as every sampling job writes) gets a row of `scores.csv` / `scores.m
 Benchmarks: `config.benchmark = "shapes"`, the editing ablation (`evaluate.ablation`; writes
 ablation.csv/.md, ablation_edits.csv and ablation_success[_kept].png); `"text2video"`, test-split
 captions sampled and read back by the probe (`evaluate.text2video`; writes text2video.csv/.md,
-text2video_samples.csv and text2video_grid.png).
+text2video_samples.csv and text2video_grid.png); `"classifier"`, the base stage's denoiser as a
+zero-shot classifier of each caption attribute on test clips (`evaluate.caption_classifier`;
+writes classifier.csv/.md and classifier_clips.csv).
 """
 
 from __future__ import annotations
@@ -31,12 +34,12 @@ from absl import logging
 
 from dreamix_jax.data import shapes
 from dreamix_jax.data import video as video_io
-from dreamix_jax.evaluate import ablation, probe, report, scoring, text2video
+from dreamix_jax.evaluate import ablation, caption_classifier, probe, report, scoring, text2video
 from dreamix_jax.evaluate import clip as clip_lib
 from dreamix_jax.evaluate import lpips as lpips_lib
 from dreamix_jax.jobs import common
 
-BENCHMARKS = ("shapes", "text2video")
+BENCHMARKS = ("shapes", "text2video", "classifier")
 # The leading columns of scores.csv (the score columns follow, in first-seen order).
 ID_COLUMNS = ("folder", "prompt", "job", "setting", "s")
 
@@ -60,13 +63,17 @@ def run_benchmark(config, workdir: str) -> dict[str, str]:
   if config.benchmark not in BENCHMARKS:
     raise ValueError(f"Unknown benchmark {config.benchmark!r}; use one of {BENCHMARKS}.")
   timer = common.Timer()
-  upto = (config.text2video if config.benchmark == "text2video" else config.ablation).upto
+  upto = {"text2video": config.text2video.upto, "shapes": config.ablation.upto,
+          "classifier": config.cascade.order[0]}[config.benchmark]
   with timer("load"):
     cascade, params = common.load_cascade(config, upto=upto)
     embedder = common.make_embedder(config, cascade)
   if config.benchmark == "text2video":
     rows = text2video.run_benchmark(cascade, params, embedder, config, workdir, timer)
     paths = text2video.write_results(workdir, rows, upto or cascade.names[-1])
+  elif config.benchmark == "classifier":
+    rows = caption_classifier.run_benchmark(cascade, params, embedder, config, workdir, timer)
+    paths = caption_classifier.write_results(workdir, rows, config.classifier.logsnrs)
   else:
     rows = ablation.run_benchmark(cascade, params, embedder, config, workdir, timer)
     paths = ablation.write_results(workdir, rows)

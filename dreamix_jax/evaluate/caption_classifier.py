@@ -1,0 +1,165 @@
+"""Does the base stage listen to each caption attribute? Its denoiser as a zero-shot classifier.
+
+A text-conditioned denoiser that has learnt what a caption word means predicts a real clip better
+under the true caption than under one that changes that word (Li et al. 2023, "Your diffusion model
+is secretly a zero-shot classifier"). For each of the first `num_clips` moving-shapes test clips
+and each captioned attribute, the clip (rendered at the stage's size) is noised with the same noise
+at every log-SNR of `logsnrs`, the U-Net predicts v̂ under every caption that differs from the
+true one in that attribute alone (5 colors, 3 shapes, 5 motions, 3 backgrounds), and the caption
+with the lowest v-error wins. The benchmark reports, per attribute, the share of clips on which the
+true caption wins (summed over noise levels, and at each level) against chance (1 / candidates).
+
+Why it exists: sampling + the pixel probe (`evaluate.text2video`) says *whether* samples show an
+attribute; this says whether the model *uses* the words at all, from forward passes only (about a
+quarter of the compute of 48 samples), so it can track an attribute during pretraining. An
+attribute at chance here is ignored by the denoiser, whatever the sampler or guidance weight.
+
+Files written into the workdir: `classifier_clips.csv` (one row per clip and attribute: the true
+value, the winner, the v-error of every candidate), `classifier.csv` / `.md` (the table).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from dreamix_jax.data import shapes, tfds_builders
+from dreamix_jax.diffusion import schedules
+from dreamix_jax.evaluate import report
+from dreamix_jax.models import unet
+
+VOCABULARIES = dict(color=shapes.COLORS, shape=shapes.SHAPES, motion=shapes.MOTIONS,
+                    background=shapes.BACKGROUNDS)
+MAX_CANDIDATES = max(len(v) for v in VOCABULARIES.values())
+
+
+def candidate_captions(target: shapes.Attributes, attribute: str) -> list[str]:
+  """The captions of `target` with `attribute` set to each value of its vocabulary, in vocabulary
+  order (the true caption is among them)."""
+  if attribute not in VOCABULARIES:
+    raise ValueError(f"Unknown attribute {attribute!r}; use one of {tuple(VOCABULARIES)}.")
+  return [shapes.caption(dataclasses.replace(target, **{attribute: value}))
+          for value in VOCABULARIES[attribute]]
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_errors(unet_config: unet.UNetConfig):
+  _, apply = unet.make_denoiser(unet_config)
+
+  def errors(params, video, text, text_mask, eps, logsnrs):
+    """video (1, T, H, W, C); text (K, L, D); eps (N, 1, T, H, W, C); logsnrs (N,) -> (K, N)."""
+    k = text.shape[0]
+
+    def at_level(lam, e):
+      z = jnp.broadcast_to(schedules.diffuse(video, e, lam), (k,) + video.shape[1:])
+      v = apply(params, z, jnp.full((k,), lam), text, text_mask)
+      return jnp.mean(jnp.square(v - schedules.v_target(video, e, lam)), axis=(1, 2, 3, 4))
+
+    return jax.lax.map(lambda xs: at_level(*xs), (logsnrs, eps)).T
+
+  return jax.jit(errors)
+
+
+def denoising_errors(stage, params, video: np.ndarray, text: np.ndarray, text_mask: np.ndarray,
+                     eps: np.ndarray, logsnrs: Sequence[float]) -> np.ndarray:
+  """Mean squared v-error of the (base) stage's U-Net on `video` (T, H, W, C) noised with `eps[n]`
+  (N, T, H, W, C) at `logsnrs[n]`, under each of K texts `(K, L, D)`: `(K, N)`. The same noise is
+  used for every text, so the errors of different captions are paired."""
+  if stage.kind != "base":
+    raise ValueError(f"The caption classifier needs a base stage (no low-resolution condition); "
+                     f"{stage.name!r} is a {stage.kind} stage.")
+  if eps.shape != (len(logsnrs),) + video.shape:
+    raise ValueError(f"eps must be (num_logsnrs,) + video.shape = "
+                     f"{(len(logsnrs),) + video.shape}, got {eps.shape}.")
+  out = _compiled_errors(stage.unet)(
+      params, jnp.asarray(video[None], jnp.float32), jnp.asarray(text, jnp.float32),
+      jnp.asarray(text_mask, bool), jnp.asarray(eps[:, None], jnp.float32),
+      jnp.asarray(logsnrs, jnp.float32))
+  return np.asarray(jax.device_get(out))
+
+
+def classify_clips(errors_fn: Callable[..., np.ndarray], embedder,
+                   targets: Sequence[shapes.ClipAttributes], *, shape: tuple[int, int, int],
+                   logsnrs: Sequence[float], seed: int) -> list[dict]:
+  """One row per (clip, attribute): `clip`, `attribute`, `true`, `winner` (lowest v-error summed
+  over noise levels), `correct`, `correct_at_<λ>` per level, and `error_<value>` per candidate.
+
+  `errors_fn(video, text, text_mask, eps, logsnrs) -> (K, N)` is `denoising_errors` with its
+  stage and parameters bound. Every clip is rendered at `shape` (frames, height, width); its noise
+  is drawn from `default_rng((seed, clip))` and shared by all attributes and candidates. Candidate
+  lists are padded to the longest vocabulary with repeats of the last caption, so one compiled
+  function serves every attribute.
+  """
+  rows = []
+  for i, attrs in enumerate(targets):
+    truth = attrs.discrete()
+    video = shapes.render_batch([attrs], *shape)[0]
+    eps = np.random.default_rng((seed, i)).standard_normal(
+        (len(logsnrs),) + video.shape).astype(np.float32)
+    for attribute, vocabulary in VOCABULARIES.items():
+      captions = candidate_captions(truth, attribute)
+      padded = captions + [captions[-1]] * (MAX_CANDIDATES - len(captions))
+      text, mask = embedder(padded)
+      errors = errors_fn(video, text, mask, eps, logsnrs)[:len(captions)]
+      true_index = vocabulary.index(getattr(truth, attribute))
+      winner = int(np.argmin(errors.sum(axis=1)))
+      row = dict(clip=i, attribute=attribute, true=vocabulary[true_index],
+                 winner=vocabulary[winner], correct=int(winner == true_index))
+      for n, lam in enumerate(logsnrs):
+        row[f"correct_at_{lam:g}"] = int(np.argmin(errors[:, n]) == true_index)
+      row.update({f"error_{value}": float(errors[j].sum()) for j, value in enumerate(vocabulary)})
+      rows.append(row)
+    logging.info("caption classifier: %d/%d clips.", i + 1, len(targets))
+  return rows
+
+
+def summarize(rows: Sequence[dict], logsnrs: Sequence[float]) -> list[dict]:
+  """Per attribute: clips, chance (1 / candidates), accuracy over all levels and at each level."""
+  if not rows:
+    raise ValueError("No classified clips to summarize.")
+  table = []
+  for attribute, vocabulary in VOCABULARIES.items():
+    mine = [r for r in rows if r["attribute"] == attribute]
+    entry = dict(attribute=attribute, clips=len(mine), chance=1.0 / len(vocabulary),
+                 accuracy=float(np.mean([r["correct"] for r in mine])))
+    for lam in logsnrs:
+      entry[f"at_logsnr_{lam:g}"] = float(np.mean([r[f"correct_at_{lam:g}"] for r in mine]))
+    table.append(entry)
+  return table
+
+
+def run_benchmark(cascade, params, embedder, config, workdir: str, timer) -> list[dict]:
+  """Classifies the first `config.classifier.num_clips` test clips with the base stage; returns
+  the per-(clip, attribute) rows. `config.classifier` carries num_clips, data_seed and logsnrs;
+  `config.seed` seeds the noise."""
+  del workdir  # everything is written by write_results
+  cfg = config.classifier
+  if cfg.num_clips < 1:
+    raise ValueError(f"classifier.num_clips must be at least 1, got {cfg.num_clips}.")
+  logsnrs = tuple(float(l) for l in cfg.logsnrs)
+  if not logsnrs:
+    raise ValueError("classifier.logsnrs is empty; give the log-SNRs to noise at, e.g. "
+                     "'(-6,-4,-2,0,2)'.")
+  targets = [tfds_builders.clip_attributes(cfg.data_seed, "test", i) for i in range(cfg.num_clips)]
+  base = cascade.stages[0]
+  with timer("classify"):
+    return classify_clips(functools.partial(denoising_errors, base, params[base.name]), embedder,
+                          targets, shape=base.shape, logsnrs=logsnrs, seed=config.seed)
+
+
+def write_results(workdir: str, rows: Sequence[dict], logsnrs: Sequence[float]) -> dict[str, str]:
+  """Writes classifier_clips.csv and classifier.csv/.md; returns {kind: path}."""
+  paths = {"clips": os.path.join(workdir, "classifier_clips.csv")}
+  report.write_text(paths["clips"], report.csv_text(rows))
+  paths["table_csv"], paths["table_md"] = report.write_tables(
+      os.path.join(workdir, "classifier"), summarize(rows, logsnrs),
+      title="Caption classifier (base stage): share of test clips whose true caption gives the "
+            "lowest v-error among captions changing one attribute")
+  return paths

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamix_jax.data import shapes, tfds_builders
+from dreamix_jax.data import shapes
 from dreamix_jax.diffusion import schedules
 from dreamix_jax.evaluate import caption_classifier as cc
 from dreamix_jax.jobs import common, evaluate
@@ -51,7 +51,7 @@ def test_classify_clips_scores_a_denoiser_with_known_preferences():
   """A fake denoiser that is right about color, shape and background and always prefers 'still'
   (it ignores the motion word): accuracy 1 on the three, and on motion exactly the share of
   'still' clips; every candidate of a clip sees the same noise."""
-  targets = [tfds_builders.clip_attributes(0, "test", i) for i in range(12)]
+  targets = [shapes.clip_attributes(0, "test", i) for i in range(12)]
   seen_eps = []
 
   def errors_fn(video, text, mask, eps, logsnrs):

@@ -181,7 +181,7 @@ def test_ablation_runlocal(tmp_path, monkeypatch):
 def test_text2video_scores_read_rendered_captions():
   """Rendered test clips show every attribute of their own caption; a caption with one attribute
   changed is found in every attribute but that one."""
-  clips = [tfds_builders.clip_attributes(0, "test", i) for i in range(6)]
+  clips = [shapes.clip_attributes(0, "test", i) for i in range(6)]
   videos = shapes.render_batch(clips, 16, 24, 40)
   targets = text2video.test_captions(6, 0)
   assert targets == [c.discrete() for c in clips]

@@ -146,3 +146,42 @@ def test_cascade_checkpoint_round_trip_and_mismatch_errors(tmp_path):
   checkpoints.save_cascade_stage(str(tmp_path), "tsr", params["base"])
   with pytest.raises(checkpoints.CheckpointError, match="wrong shape|missing|unexpected"):
     checkpoints.load_cascade(str(tmp_path), cascade)
+
+
+_BLOCK_TENSORFLOW = """
+import sys
+class _Block:
+  def find_spec(self, name, path=None, target=None):
+    if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets'):
+      raise ImportError('no module named ' + name)
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def test_pretrain_and_shapes_evaluation_need_no_tensorflow(tmp_path):
+  """With TensorFlow and TFDS unimportable (a bare JAX GPU image), the pretrain job and the
+  moving-shapes benchmarks import, and the job's writer falls back to the log and PNG files."""
+  import subprocess
+  import sys
+  script = _BLOCK_TENSORFLOW + f"""
+import numpy as np
+from absl import logging
+logging.set_verbosity(logging.INFO)
+from dreamix_jax.evaluate import ablation, caption_classifier, text2video
+from dreamix_jax.jobs import pretrain
+writer = pretrain.metric_writer({str(tmp_path)!r}, primary=True)
+assert isinstance(writer, pretrain.LogAndPngWriter), type(writer)
+writer.write_scalars(3, {{"loss": 0.5}})
+writer.write_images(3, {{"samples": np.full((2, 4, 8, 3), 0.25)}})
+assert 'tensorflow' not in sys.modules and 'tensorflow_datasets' not in sys.modules
+"""
+  result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "No TensorBoard summaries" in result.stderr and "[3] loss=0.5" in result.stderr
+  from PIL import Image
+  for i in range(2):
+    image = np.asarray(Image.open(tmp_path / f"samples_3_{i}.png"))
+    assert image.shape == (4, 8, 3) and (image == 64).all()  # round(0.25 * 255)
+  with_tf = pretrain.metric_writer(str(tmp_path / "tb"), primary=False)
+  assert not isinstance(with_tf, pretrain.LogAndPngWriter)  # clu where TensorFlow is installed

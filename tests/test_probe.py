@@ -24,7 +24,7 @@ def _blur(videos):
 @pytest.fixture(scope="module")
 def test_split_accuracy():
   """Per-resolution, per-attribute share of the test split's first clips read correctly."""
-  clips = [tfds_builders.clip_attributes(0, "test", i) for i in range(_NUM_CLIPS)]
+  clips = [shapes.clip_attributes(0, "test", i) for i in range(_NUM_CLIPS)]
   correct = {"top": dict.fromkeys(_FIELDS, 0), "base": dict.fromkeys(_FIELDS, 0)}
   for start in range(0, _NUM_CLIPS, _CHUNK):
     chunk = clips[start:start + _CHUNK]
@@ -45,7 +45,7 @@ def test_probe_reads_rendered_attributes(test_split_accuracy, resolution):
 
 
 def test_probe_survives_blur_and_noise():
-  clips = [tfds_builders.clip_attributes(0, "test", i) for i in range(60)]
+  clips = [shapes.clip_attributes(0, "test", i) for i in range(60)]
   videos = shapes.derive(shapes.render_batch(clips), 16, 24, 40)
   noise = np.random.default_rng(0).standard_normal(videos.shape).astype(np.float32)
   degraded = np.clip(_blur(videos) + 0.05 * noise, -1, 1)
@@ -91,7 +91,7 @@ def test_no_object_gives_nan_track_and_no_match():
 
 @pytest.mark.parametrize("size", [(32, 48, 80), (16, 24, 40)])
 def test_texture_correlation_separates_kept_from_lost_texture(size):
-  clips = [tfds_builders.clip_attributes(0, "test", i) for i in range(6)]
+  clips = [shapes.clip_attributes(0, "test", i) for i in range(6)]
   recolored = [dataclasses.replace(c, color=shapes.COLORS[(shapes.COLORS.index(c.color) + 1) % 5],
                                    motion="still", speed=0.0) for c in clips]
   retextured = [dataclasses.replace(c, texture_seed=c.texture_seed + 1) for c in clips]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from dreamix_jax.data import outputs
 from dreamix_jax.data import pipeline
 from dreamix_jax.data import shapes
 from dreamix_jax.data import tfds_builders
@@ -198,8 +199,8 @@ def test_moving_shapes_matches_renderer(moving_shapes):
   for split, source in sources.items():
     for index in range(len(source)):
       example = source[index]
-      clip = tfds_builders.clip_attributes(_SEED, split, index)
-      expected = tfds_builders.video_to_uint8(shapes.derive(shapes.render(clip), 16, 24, 40))
+      clip = shapes.clip_attributes(_SEED, split, index)
+      expected = outputs.to_uint8(shapes.derive(shapes.render(clip), 16, 24, 40))
       assert example["video"].dtype == np.uint8 and example["video"].shape == (16, 24, 40, 3)
       np.testing.assert_array_equal(example["video"], expected)
       np.testing.assert_array_equal(reread[split][index]["video"], expected)
@@ -208,7 +209,7 @@ def test_moving_shapes_matches_renderer(moving_shapes):
                                 ("background", shapes.BACKGROUNDS),
                                 ("motion", shapes.MOTIONS)):
         assert vocabulary[example[field]] == getattr(clip, field)
-  np.testing.assert_allclose(tfds_builders.video_to_float(expected),
+  np.testing.assert_allclose(outputs.from_uint8(expected),
                              shapes.derive(shapes.render(clip), 16, 24, 40), atol=1 / 127.5)
 
 
@@ -221,13 +222,13 @@ def test_predefined_configs_are_the_toy_cascade_stages():
 
 
 def test_train_and_test_splits_are_disjoint():
-  train = {tfds_builders.clip_attributes(0, "train", i) for i in range(2000)}
-  test = {tfds_builders.clip_attributes(0, "test", i) for i in range(512)}
+  train = {shapes.clip_attributes(0, "train", i) for i in range(2000)}
+  test = {shapes.clip_attributes(0, "test", i) for i in range(512)}
   assert len(train) == 2000 and len(test) == 512
   assert not train & test
   assert not {c.texture_seed for c in train} & {c.texture_seed for c in test}
   with pytest.raises(ValueError, match="split"):
-    tfds_builders.clip_key(0, "validation", 0)
+    shapes.clip_key(0, "validation", 0)
 
 
 def _write_video(path, seed, frames=6, height=32, width=48):
@@ -262,7 +263,7 @@ def test_video_folder_reads_a_manifest(tmp_path, kind):
     example = source[index]
     assert example["caption"].decode() == row["caption"]
     expected = video_io.read_video(str(tmp_path / row["path"]), 4, 8, 12)
-    np.testing.assert_array_equal(example["video"], tfds_builders.video_to_uint8(expected))
+    np.testing.assert_array_equal(example["video"], outputs.to_uint8(expected))
 
 
 def test_read_manifest_errors(tmp_path):

@@ -49,6 +49,14 @@ def to_uint8(video: Any) -> np.ndarray:
   return np.round((np.clip(array, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
 
 
+def from_uint8(video: Any) -> np.ndarray:
+  """The inverse of `to_uint8`: uint8 `[0, 255]` (any shape) -> float32 in `[-1, 1]`."""
+  array = np.asarray(video)
+  if array.dtype != np.uint8:
+    raise ValueError(f"Expected a uint8 video, got dtype {array.dtype}.")
+  return array.astype(np.float32) / 127.5 - 1.0
+
+
 def _video_uint8(video: Any, what: str) -> np.ndarray:
   """Checks that `video` is `(T, H, W, 3)` with T, H, W >= 1 and returns it as uint8."""
   array = to_uint8(video)
@@ -149,6 +157,15 @@ def _resize_frames(frames: np.ndarray, height: int, width: int) -> np.ndarray:
   enlarging = height >= frames.shape[1] and width >= frames.shape[2]
   method = Image.Resampling.NEAREST if enlarging else Image.Resampling.BOX
   return np.stack([np.asarray(Image.fromarray(f).resize((width, height), method)) for f in frames])
+
+
+def write_png(path: str | os.PathLike, image: Any) -> None:
+  """Writes one image `(H, W, 3)` (float in [-1, 1] or uint8) as a PNG, atomically."""
+  array = to_uint8(image)
+  if array.ndim != 3 or array.shape[-1] != 3:
+    raise ValueError(f"Expected an (H, W, 3) image, got shape {array.shape}.")
+  with _atomic_destination(path) as temporary:
+    Image.fromarray(array).save(temporary, format="PNG")
 
 
 def write_comparison_png(path: str | os.PathLike, rows: Sequence[Any],

@@ -155,6 +155,24 @@ def sample_attributes(rng: np.random.Generator) -> ClipAttributes:
                         texture_seed=texture_seed)
 
 
+# Seed-space ids of the dataset splits: clip i of a split has its own generator, so the splits are
+# disjoint and any clip can be drawn without the others.
+SPLITS = {"train": 0, "test": 1}
+
+
+def clip_key(seed: int, split: str, index: int) -> tuple[int, int, int]:
+  """The `np.random.default_rng` seed of clip `index` of `split` (`train` or `test`)."""
+  if split not in SPLITS:
+    raise ValueError(f"Unknown moving_shapes split {split!r}; use one of {list(SPLITS)}.")
+  return (seed, SPLITS[split], index)
+
+
+def clip_attributes(seed: int, split: str, index: int) -> ClipAttributes:
+  """The attributes of clip `index` of `split` of the moving-shapes world built with `seed` (the
+  `moving_shapes` TFDS dataset stores exactly these clips)."""
+  return sample_attributes(np.random.default_rng(clip_key(seed, split, index)))
+
+
 def _texture(seed: int, height: int, width: int) -> np.ndarray:
   """Static grayscale texture `(H, W)` in [-TEXTURE_MAX, TEXTURE_MAX]: binomially smoothed noise."""
   noise = np.random.default_rng(seed).standard_normal((height, width)).astype(np.float32)

@@ -10,14 +10,15 @@ Both are generated locally (nothing is downloaded) and written as `array_record`
 or, once prepared, `tfds.data_source("moving_shapes/base", data_dir=DATA_DIR)`.
 
 Videos are stored as `uint8` tensors `(T, H, W, 3)` (zlib-compressed) rather than
-`tfds.features.Video`, whose encoder needs TensorFlow; `video_to_float` maps them back to [-1, 1].
+`tfds.features.Video`, whose encoder needs TensorFlow; `outputs.from_uint8` maps them back to
+[-1, 1].
 Single frames for joint image-video training come from `pipeline.FramesSource`, which indexes the
 frames of a video source as images, so no frame is stored twice.
 
-`moving_shapes` clip `i` of a split is `shapes.sample_attributes(np.random.default_rng(
-clip_key(seed, split, i)))` rendered at the top stage's resolution (32 × 48 × 80) and derived
-(frame skipping, area resize) to the config's resolution; the split index in the key keeps train
-and test disjoint. Examples are stored in index order (shuffling is the input pipeline's job).
+`moving_shapes` clip `i` of a split is `shapes.clip_attributes(seed, split, i)` rendered at the
+top stage's resolution (32 × 48 × 80) and derived (frame skipping, area resize) to the config's
+resolution; the split's id in the clip's seed keeps train and test disjoint. Examples are stored
+in index order (shuffling is the input pipeline's job).
 """
 
 from __future__ import annotations
@@ -32,33 +33,10 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
-from dreamix_jax.data import shapes
+from dreamix_jax.data import outputs, shapes
 from dreamix_jax.data import video as video_io
 
-_SPLIT_IDS = {"train": 0, "test": 1}
 _RENDER_CHUNK = 64
-
-
-def clip_key(seed: int, split: str, index: int) -> tuple[int, int, int]:
-  """The `np.random.default_rng` seed of clip `index` of `split` (`train` or `test`)."""
-  if split not in _SPLIT_IDS:
-    raise ValueError(f"Unknown moving_shapes split {split!r}; use one of {list(_SPLIT_IDS)}.")
-  return (seed, _SPLIT_IDS[split], index)
-
-
-def clip_attributes(seed: int, split: str, index: int) -> shapes.ClipAttributes:
-  """The attributes of clip `index` of `split` in a `moving_shapes` dataset built with `seed`."""
-  return shapes.sample_attributes(np.random.default_rng(clip_key(seed, split, index)))
-
-
-def video_to_uint8(video: np.ndarray) -> np.ndarray:
-  """float `(..., 3)` in [-1, 1] -> uint8 in [0, 255] (rounded)."""
-  return np.round((np.clip(video, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
-
-
-def video_to_float(video: np.ndarray) -> np.ndarray:
-  """uint8 `(..., 3)` -> float32 in [-1, 1]."""
-  return np.asarray(video, np.float32) / 127.5 - 1.0
 
 
 def _video_feature(frames: int, height: int, width: int) -> tfds.features.Tensor:
@@ -144,10 +122,10 @@ class MovingShapes(_LocalBuilder):
     config = self.builder_config
     for start in range(0, size, _RENDER_CHUNK):
       indices = range(start, min(start + _RENDER_CHUNK, size))
-      clips = [clip_attributes(config.seed, split, i) for i in indices]
+      clips = [shapes.clip_attributes(config.seed, split, i) for i in indices]
       videos = shapes.derive(shapes.render_batch(clips), config.frames, config.height,
                              config.width)
-      for i, clip, video in zip(indices, clips, video_to_uint8(videos)):
+      for i, clip, video in zip(indices, clips, outputs.to_uint8(videos)):
         yield i, {
             "video": video,
             "caption": shapes.caption(clip),
@@ -242,4 +220,4 @@ class VideoFolder(_LocalBuilder):
     for index, (path, text) in enumerate(entries):
       frames = video_io.read_video(path, config.frames, config.height, config.width,
                                    fps=config.fps)
-      yield index, {"video": video_to_uint8(frames), "caption": text, "path": path}
+      yield index, {"video": outputs.to_uint8(frames), "caption": text, "path": path}

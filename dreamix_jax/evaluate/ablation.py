@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from dreamix_jax.data import outputs, shapes, tfds_builders
+from dreamix_jax.data import outputs, shapes
 from dreamix_jax.dreamix import corrupt, finetune, finetune_steps
 from dreamix_jax.evaluate import report, scoring
 from dreamix_jax.jobs import edit
@@ -84,7 +84,7 @@ def source_clips(num_clips: int, data_seed: int) -> list[shapes.ClipAttributes]:
   """The first `num_clips` clips of the moving-shapes test split built with `data_seed`."""
   if num_clips < 1:
     raise ValueError(f"ablation.num_clips must be at least 1, got {num_clips}.")
-  return [tfds_builders.clip_attributes(data_seed, "test", i) for i in range(num_clips)]
+  return [shapes.clip_attributes(data_seed, "test", i) for i in range(num_clips)]
 
 
 def run_benchmark(cascade, params, embedder, config, workdir: str, timer) -> list[dict]:

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from dreamix_jax.data import shapes, tfds_builders
+from dreamix_jax.data import shapes
 from dreamix_jax.diffusion import schedules
 from dreamix_jax.evaluate import report
 from dreamix_jax.models import unet
@@ -147,7 +147,7 @@ def run_benchmark(cascade, params, embedder, config, workdir: str, timer) -> lis
   if not logsnrs:
     raise ValueError("classifier.logsnrs is empty; give the log-SNRs to noise at, e.g. "
                      "'(-6,-4,-2,0,2)'.")
-  targets = [tfds_builders.clip_attributes(cfg.data_seed, "test", i) for i in range(cfg.num_clips)]
+  targets = [shapes.clip_attributes(cfg.data_seed, "test", i) for i in range(cfg.num_clips)]
   base = cascade.stages[0]
   with timer("classify"):
     return classify_clips(functools.partial(denoising_errors, base, params[base.name]), embedder,

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from dreamix_jax.data import outputs, shapes, tfds_builders
+from dreamix_jax.data import outputs, shapes
 from dreamix_jax.evaluate import probe, report
 
 ATTRIBUTES = ("color", "shape", "motion", "background")
@@ -33,7 +33,7 @@ def test_captions(num_captions: int, data_seed: int) -> list[shapes.Attributes]:
   """The captioned attributes of the first `num_captions` test-split clips built with `data_seed`."""
   if num_captions < 1:
     raise ValueError(f"text2video.num_captions must be at least 1, got {num_captions}.")
-  return [tfds_builders.clip_attributes(data_seed, "test", i).discrete()
+  return [shapes.clip_attributes(data_seed, "test", i).discrete()
           for i in range(num_captions)]
 
 

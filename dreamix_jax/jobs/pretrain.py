@@ -16,7 +16,9 @@ Writes `<workdir>/checkpoints/<stage>/` (orbax, resumable; saved every `checkpoi
 `checkpoint_every_minutes`, and on SIGTERM/SIGINT, which end the run with exit code 75),
 `<workdir>/cascade/<stage>.safetensors` (EMA params, refreshed at every checkpoint: the cascade
 directory sampling jobs read), TensorBoard scalars and sample strips in
-`<workdir>/tensorboard/<stage>/`.
+`<workdir>/tensorboard/<stage>/`. clu's TensorBoard writer needs TensorFlow; where it is not
+installed (a bare JAX GPU image, say) the scalars go to the log and the strips to PNG files in that
+folder instead, so the job needs no TensorFlow and no TFDS for `data.source = "moving_shapes"`.
 """
 
 from __future__ import annotations
@@ -27,10 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from clu import metric_writers
 
 from dreamix_jax import cascade as cascade_lib, parallel
-from dreamix_jax.data import pipeline, shapes, tfds_builders
+from dreamix_jax.data import outputs, pipeline, shapes
 from dreamix_jax.jobs import common
 from dreamix_jax.models import unet
 from dreamix_jax.train import checkpoints, loop as loop_lib, losses, state as state_lib
@@ -47,7 +48,7 @@ class ShapesSource:
     return self.size
 
   def __getitem__(self, index):
-    attrs = tfds_builders.clip_attributes(self.seed, self.split, int(index))
+    attrs = shapes.clip_attributes(self.seed, self.split, int(index))
     return {"attrs": attrs, "caption": shapes.caption(attrs)}
 
   @staticmethod
@@ -59,7 +60,7 @@ class TfdsSource:
   """A prepared TFDS dataset (array_record) with `video` uint8 and `caption` features."""
 
   def __init__(self, name: str, data_dir: str, split: str = "train"):
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # only this source needs TFDS (and its tfds_builders)
     self._source = tfds.data_source(name, split=split, data_dir=data_dir or None)
 
   def __len__(self):
@@ -68,7 +69,7 @@ class TfdsSource:
   def __getitem__(self, index):
     ex = self._source[int(index)]
     caption = ex["caption"]
-    return {"video": tfds_builders.video_to_float(ex["video"]),
+    return {"video": outputs.from_uint8(ex["video"]),
             "caption": caption.decode() if isinstance(caption, bytes) else str(caption)}
 
   @staticmethod
@@ -215,8 +216,8 @@ def run(config, workdir: str):
                            process_index=jax.process_index(), process_count=jax.process_count())
   batch_fn = batch_maker if layout is None else _global_batches(batch_maker, layout)
   sample_text, sample_mask = embedder(list(config.sample_prompts))
-  writer = metric_writers.create_default_writer(
-      os.path.join(workdir, "tensorboard", stage.name), just_logging=not parallel.is_primary())
+  writer = metric_writer(os.path.join(workdir, "tensorboard", stage.name),
+                         primary=parallel.is_primary())
   cascade_dir = os.path.join(workdir, "cascade")
 
   def on_checkpoint(step, state):
@@ -237,6 +238,40 @@ def run(config, workdir: str):
   finally:
     writer.flush()  # also when preempted or stopped: the summaries so far are kept
   return final, history
+
+
+class LogAndPngWriter:
+  """The writer `metric_writer` falls back to without TensorFlow: scalars to the log, images
+  (N, H, W, 3) in [0, 1] to `<logdir>/<key>_<step>_<i>.png`."""
+
+  def __init__(self, logdir: str, primary: bool):
+    self.logdir, self.primary = logdir, primary
+
+  def write_scalars(self, step: int, scalars: dict):
+    logging.info("[%d] %s", step, ", ".join(f"{k}={v:.6g}" for k, v in sorted(scalars.items())))
+
+  def write_images(self, step: int, images: dict):
+    if not self.primary:
+      return
+    os.makedirs(self.logdir, exist_ok=True)
+    for key, batch in images.items():
+      for i, image in enumerate(np.asarray(batch)):
+        outputs.write_png(os.path.join(self.logdir, f"{key}_{step}_{i}.png"), image * 2.0 - 1.0)
+
+  def flush(self):
+    pass
+
+
+def metric_writer(logdir: str, *, primary: bool):
+  """clu's default writer (TensorBoard summaries on the primary process, the log elsewhere), or
+  `LogAndPngWriter` where clu cannot import TensorFlow."""
+  try:
+    from clu import metric_writers  # imports TensorFlow
+  except ImportError as e:
+    logging.warning("No TensorBoard summaries (%s): metrics go to the log, sample strips to PNG "
+                    "files in %s.", e, logdir)
+    return LogAndPngWriter(logdir, primary)
+  return metric_writers.create_default_writer(logdir, just_logging=not primary)
 
 
 def _global_batches(batch_maker: BatchMaker, layout: parallel.Layout):

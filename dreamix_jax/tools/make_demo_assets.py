@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 from absl import app
 from absl import flags
-from PIL import Image
 
 from dreamix_jax.data import outputs, shapes
 
@@ -40,18 +38,12 @@ def make_demo_assets(out_dir: str) -> dict[str, str]:
   clip = os.path.join(out_dir, "shapes_clip.mp4")
   outputs.write_mp4(clip, video, FPS)
   frame = os.path.join(out_dir, "shapes_frame.png")
-  _save_png(frame, video[0])
+  outputs.write_png(frame, video[0])
   subject = os.path.join(out_dir, "shapes_subject")
   os.makedirs(subject, exist_ok=True)
   for i, (attrs, (h, w)) in enumerate(zip(SUBJECT, SUBJECT_SIZES)):
-    _save_png(os.path.join(subject, f"{i}.png"), shapes.render_image(attrs, h, w))
+    outputs.write_png(os.path.join(subject, f"{i}.png"), shapes.render_image(attrs, h, w))
   return {"clip": clip, "frame": frame, "subject": subject}
-
-
-def _save_png(path: str, image: np.ndarray) -> None:
-  tmp = path + ".tmp.png"
-  Image.fromarray(outputs.to_uint8(image)).save(tmp)
-  os.replace(tmp, path)
 
 
 def main(argv):

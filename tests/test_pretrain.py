@@ -148,32 +148,31 @@ def test_cascade_checkpoint_round_trip_and_mismatch_errors(tmp_path):
     checkpoints.load_cascade(str(tmp_path), cascade)
 
 
-_BLOCK_TENSORFLOW = """
+# As if not installed: `import` raises ImportError and importlib.util.find_spec returns None.
+_MISSING = ("tensorflow", "tensorflow_datasets", "imageio_ffmpeg")
+_BLOCK_TENSORFLOW = f"""
 import sys
-class _Block:
-  def find_spec(self, name, path=None, target=None):
-    if name.split('.')[0] in ('tensorflow', 'tensorflow_datasets'):
-      raise ImportError('no module named ' + name)
-sys.meta_path.insert(0, _Block())
+sys.modules.update(dict.fromkeys({_MISSING!r}))
 """
 
 
-def test_pretrain_and_shapes_evaluation_need_no_tensorflow(tmp_path):
-  """With TensorFlow and TFDS unimportable (a bare JAX GPU image), the pretrain job and the
-  moving-shapes benchmarks import, and the job's writer falls back to the log and PNG files."""
+def test_pretrain_and_text_benchmarks_need_no_tensorflow_or_ffmpeg(tmp_path):
+  """With TensorFlow, TFDS and ffmpeg unimportable (a bare JAX GPU image), the pretrain job and
+  the text-to-video and caption-classifier benchmarks import, and the job's writer falls back to
+  the log and PNG files."""
   import subprocess
   import sys
   script = _BLOCK_TENSORFLOW + f"""
 import numpy as np
 from absl import logging
 logging.set_verbosity(logging.INFO)
-from dreamix_jax.evaluate import ablation, caption_classifier, text2video
+from dreamix_jax.evaluate import caption_classifier, text2video
 from dreamix_jax.jobs import pretrain
 writer = pretrain.metric_writer({str(tmp_path)!r}, primary=True)
 assert isinstance(writer, pretrain.LogAndPngWriter), type(writer)
 writer.write_scalars(3, {{"loss": 0.5}})
 writer.write_images(3, {{"samples": np.full((2, 4, 8, 3), 0.25)}})
-assert 'tensorflow' not in sys.modules and 'tensorflow_datasets' not in sys.modules
+assert all(sys.modules[name] is None for name in {_MISSING!r})
 """
   result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)

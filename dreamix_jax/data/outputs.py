@@ -19,7 +19,6 @@ import pathlib
 import tempfile
 from typing import Any, Iterator, Sequence
 
-import imageio_ffmpeg
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
@@ -103,6 +102,7 @@ def write_mp4(path: str | os.PathLike, video: Any, fps: float) -> None:
     video: `(T, H, W, 3)` float in `[-1, 1]` or uint8.
     fps: frame rate stored in the file.
   """
+  import imageio_ffmpeg  # here, not at the top: training jobs import this module but write no mp4
   frames = _video_uint8(video, "The video for write_mp4")
   fps = _check_fps(fps)
   _, height, width, _ = frames.shape

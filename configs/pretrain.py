@@ -28,6 +28,9 @@ def get_config(arg=None):
   config.weighting = "v"
   config.text_dropout = 0.1
   config.on_nonfinite = "stop"
+  # Batches rendered ahead on worker threads, overlapping the step (an accelerator's step is far
+  # shorter than rendering a batch of clips on one core).
+  config.prefetch = 4
   config.log_every = 2 if arg.runlocal else 50
   config.checkpoint_every = 3 if arg.runlocal else 500
   config.checkpoint_every_minutes = 0.0 if arg.runlocal else 10.0  # also on SIGTERM/SIGINT

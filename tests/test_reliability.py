@@ -6,6 +6,7 @@ config in subprocesses, started together where they do not depend on each other 
 compilation cache, because start-up and compilation dominate their time.
 """
 
+import dataclasses
 import logging
 import os
 import pathlib
@@ -486,3 +487,39 @@ def test_no_unsafe_loading_in_the_package():
   # The patterns do catch what they are for.
   assert UNSAFE[1][0].search("x = np.load(path)") and UNSAFE[3][0].search("torch.load(f)")
   assert not UNSAFE[1][0].search("np.load(path, allow_pickle=False)")
+
+
+def test_prefetcher_yields_the_same_batches_building_at_most_depth_ahead():
+  calls = []
+
+  def batch_fn(step):
+    calls.append(step)
+    return step * 10
+
+  assert list(loop_lib.Prefetcher(batch_fn, range(2, 9), 0)) == [20, 30, 40, 50, 60, 70, 80]
+  calls.clear()
+  prefetcher = loop_lib.Prefetcher(batch_fn, range(2, 9), 3)
+  batches = iter(prefetcher)
+  assert [next(batches), next(batches)] == [20, 30]
+  prefetcher.close()  # waits for the batches in flight, drops the rest
+  assert sorted(calls) == list(range(2, 2 + len(calls))) and len(calls) <= 2 + 3
+  assert list(loop_lib.Prefetcher(batch_fn, range(2, 9), 3)) == [20, 30, 40, 50, 60, 70, 80]
+  with pytest.raises(ValueError, match="prefetch"):
+    loop_lib.LoopConfig(steps=1, prefetch=-1)
+
+
+def test_loop_with_prefetch_matches_the_loop_without(tmp_path):
+  cfg, state, step_fn, batch_fn = _toy(tmp_path, 7)
+  plain, plain_history = loop_lib.run(cfg, state, step_fn, batch_fn, checkpoint_dir=None)
+  cfg = dataclasses.replace(cfg, prefetch=3)
+  ahead, ahead_history = loop_lib.run(cfg, state, step_fn, batch_fn, checkpoint_dir=None)
+  np.testing.assert_array_equal(plain.params["w"], ahead.params["w"])
+  assert [h["loss"] for h in plain_history] == [h["loss"] for h in ahead_history]
+
+  def failing(step):
+    if step == 4:
+      raise OSError("disk gone")
+    return batch_fn(step)
+
+  with pytest.raises(OSError, match="disk gone"):  # a batch's error reaches the loop
+    loop_lib.run(cfg, state, step_fn, failing, checkpoint_dir=None)

@@ -181,7 +181,8 @@ def run(config, workdir: str):
   loop_cfg = loop_lib.LoopConfig(steps=config.steps, seed=config.seed, log_every=config.log_every,
                                  checkpoint_every=config.checkpoint_every,
                                  checkpoint_every_minutes=config.checkpoint_every_minutes,
-                                 on_nonfinite=config.on_nonfinite, name=f"pretrain/{stage.name}")
+                                 on_nonfinite=config.on_nonfinite, name=f"pretrain/{stage.name}",
+                                 prefetch=config.prefetch)
   if stage.kind == "tsr" and config.data.image_fraction > 0:
     raise ValueError("Image examples (shuffled frames) are not defined for a temporal SR stage: "
                      "its target frames interleave its input frames. Set data.image_fraction=0.")

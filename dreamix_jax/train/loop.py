@@ -12,7 +12,10 @@ would have done. SIGTERM/SIGINT save a checkpoint at the current step and raise 
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
+import itertools
 import time
 from typing import Any, Callable
 
@@ -38,6 +41,7 @@ class LoopConfig:
   checkpoint_every_minutes: float = 0.0  # wall time; 0: no timed checkpoints
   on_nonfinite: str = "stop"  # or "skip"
   name: str = "stage"
+  prefetch: int = 0  # batches built ahead on as many worker threads; 0: each built in the loop
 
   def __post_init__(self):
     if self.steps < 0:
@@ -45,6 +49,8 @@ class LoopConfig:
     if self.checkpoint_every < 0 or self.checkpoint_every_minutes < 0:
       raise ValueError(f"checkpoint_every ({self.checkpoint_every}) and checkpoint_every_minutes "
                        f"({self.checkpoint_every_minutes}) must be ≥ 0 (0 turns that trigger off).")
+    if self.prefetch < 0:
+      raise ValueError(f"prefetch must be ≥ 0, got {self.prefetch}.")
     if self.on_nonfinite not in ("stop", "skip"):
       raise ValueError(f"on_nonfinite must be 'stop' or 'skip', got {self.on_nonfinite!r}.")
 
@@ -100,10 +106,11 @@ def run(loop: LoopConfig, train_state: state_lib.TrainState, step_fn: Callable,
     if on_checkpoint is not None:
       on_checkpoint(done, train_state)
 
+  batches = Prefetcher(batch_fn, range(start, loop.steps), loop.prefetch)
   try:
     with preemption.Guard() as guard:
-      for step in range(start, loop.steps):
-        train_state, metrics = jitted(train_state, put_batch(batch_fn(step)), seed_key)
+      for step, batch in zip(range(start, loop.steps), batches):
+        train_state, metrics = jitted(train_state, put_batch(batch), seed_key)
         done = step + 1
         if loop.on_nonfinite == "stop" or done % loop.log_every == 0 or done == loop.steps:
           metrics = jax.device_get(metrics)
@@ -128,9 +135,41 @@ def run(loop: LoopConfig, train_state: state_lib.TrainState, step_fn: Callable,
             save(done)
           raise preemption.Preempted(loop.name, done, checkpoint_dir, guard.requested or "signal")
   finally:
+    batches.close()
     if ckpt is not None:
       ckpt.close()
   return train_state, history
+
+
+class Prefetcher:
+  """Iterates `batch_fn(step)` over `steps`, building up to `depth` batches ahead on `depth` worker
+  threads (0: each batch is built when asked for). Batches are pure functions of the step, so the
+  sequence is the same either way; what changes is that building a batch (rendering, resizing,
+  host-to-device copies: numpy releases the GIL) overlaps the accelerator's step instead of
+  following it. `close()` drops the batches not yet taken."""
+
+  def __init__(self, batch_fn: Callable[[int], Any], steps: range, depth: int):
+    self._batch_fn, self._steps, self._depth = batch_fn, steps, depth
+    self._pool = concurrent.futures.ThreadPoolExecutor(depth) if depth else None
+    self._pending: collections.deque = collections.deque()
+
+  def __iter__(self):
+    if self._pool is None:
+      yield from map(self._batch_fn, self._steps)
+      return
+    upcoming = iter(self._steps)
+    for step in itertools.islice(upcoming, self._depth):
+      self._pending.append(self._pool.submit(self._batch_fn, step))
+    while self._pending:
+      batch = self._pending.popleft().result()
+      step = next(upcoming, None)
+      if step is not None:
+        self._pending.append(self._pool.submit(self._batch_fn, step))
+      yield batch
+
+  def close(self):
+    if self._pool is not None:
+      self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _nonfinite(loop: LoopConfig, step: int, metrics: dict, last_good: int, checkpoint_dir):

@@ -31,6 +31,7 @@ def _atomic(path: str) -> Iterator[str]:
   os.close(fd)
   try:
     yield temporary
+    os.chmod(temporary, 0o644)  # mkstemp makes 0600 files; results are ordinary readable files
     os.replace(temporary, path)
   except BaseException:
     if os.path.exists(temporary):

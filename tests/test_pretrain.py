@@ -156,18 +156,16 @@ sys.modules.update(dict.fromkeys({_MISSING!r}))
 """
 
 
-def test_pretrain_and_text_benchmarks_need_no_tensorflow_or_ffmpeg(tmp_path):
-  """With TensorFlow, TFDS and ffmpeg unimportable (a bare JAX GPU image), the pretrain job and
-  the text-to-video and caption-classifier benchmarks import, and the job's writer falls back to
-  the log and PNG files."""
+def test_pretrain_and_eval_jobs_need_no_tensorflow_or_ffmpeg(tmp_path):
+  """With TensorFlow, TFDS and ffmpeg unimportable (a bare JAX GPU image), the pretrain and eval
+  jobs import, and the pretrain writer falls back to the log and PNG files."""
   import subprocess
   import sys
   script = _BLOCK_TENSORFLOW + f"""
 import numpy as np
 from absl import logging
 logging.set_verbosity(logging.INFO)
-from dreamix_jax.evaluate import caption_classifier, text2video
-from dreamix_jax.jobs import pretrain
+from dreamix_jax.jobs import evaluate, pretrain
 writer = pretrain.metric_writer({str(tmp_path)!r}, primary=True)
 assert isinstance(writer, pretrain.LogAndPngWriter), type(writer)
 writer.write_scalars(3, {{"loss": 0.5}})

@@ -37,7 +37,6 @@ import struct
 import subprocess
 from typing import Callable, Iterator, Sequence
 
-import imageio_ffmpeg
 import numpy as np
 import scipy.sparse
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -241,13 +240,20 @@ def _open_image(path: str) -> Image.Image:
 # Sources: probing and streaming frames
 
 
+def _ffmpeg():
+  """`imageio_ffmpeg`, imported when a video file is first read: jobs that read none (pretraining,
+  the moving-shapes benchmarks) then run where its 68 MB wheel is not installed."""
+  import imageio_ffmpeg
+  return imageio_ffmpeg
+
+
 def _count_video_packets(path: str) -> int:
   """Counts the first video stream's frames by demuxing only (no decoding).
 
   Raises:
     VideoInputError: the file cannot be opened as a video, or it has no video stream.
   """
-  command = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path,
+  command = [_ffmpeg().get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path,
              "-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
   result = subprocess.run(command, capture_output=True, text=True, errors="replace", check=False)
   counts = re.findall(r"frame=\s*(\d+)", result.stderr)
@@ -267,7 +273,7 @@ def _count_video_packets(path: str) -> int:
 
 def _probe_ffmpeg(path: str) -> VideoInfo:
   try:
-    reader = imageio_ffmpeg.read_frames(path, pix_fmt="rgba", bits_per_pixel=32)
+    reader = _ffmpeg().read_frames(path, pix_fmt="rgba", bits_per_pixel=32)
     meta = next(reader)
     reader.close()
   except (OSError, RuntimeError, StopIteration) as error:
@@ -327,7 +333,7 @@ def _ffmpeg_frames(path: str, info: VideoInfo, first_index: int,
   if first_index > 0:  # the first frame after this point is frame `first_index`
     input_params += ["-ss", f"{(first_index - 0.5) / info.fps:.6f}"]
   output_params = ["-fps_mode", "passthrough"] if passthrough else []
-  reader = imageio_ffmpeg.read_frames(path, pix_fmt="rgba", bits_per_pixel=32,
+  reader = _ffmpeg().read_frames(path, pix_fmt="rgba", bits_per_pixel=32,
                                       input_params=input_params, output_params=output_params)
   try:
     next(reader)

@@ -7,7 +7,10 @@
 # Run from the repository root. Needs JAX (with CUDA), flax, optax, orbax, transformers, safetensors,
 # scipy and pillow, plus ml_collections and clu; TensorFlow, TFDS and ffmpeg are not needed (the
 # pretrain job then writes its scalars to the log and its sample strips as PNG files). Wheels found
-# in .whl/ are installed first (to /tmp/site), for a machine that cannot reach a package index.
+# in .whl/ are installed first (to /tmp/site), for a machine that cannot reach a package index;
+# for a Python 3.12 image that has the rest, fetch them where pip works with
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux2014_x86_64 -d .whl ml_collections==1.1.0 clu==0.0.12
 #
 # At the end of the budget the job gets SIGTERM, saves its state and exits 75. Outputs, in $OUT
 # (default /tmp/shapes_out; six files): <stage>.safetensors + cascade.json (the EMA parameters: copy

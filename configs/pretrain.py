@@ -26,6 +26,9 @@ def get_config(arg=None):
   config.ema_decay = 0.995
   config.init_from = ""  # a cascade directory to continue from (e.g. checkpoints/shapes)
   config.weighting = "v"
+  # Added to every training log-SNR (clipped to the schedule's range); < 0 trains on noisier inputs
+  # (`diffusion.objectives.sample_logsnr`).
+  config.logsnr_shift = 0.0
   config.text_dropout = 0.1
   config.on_nonfinite = "stop"
   # Batches rendered ahead on worker threads, overlapping the step (an accelerator's step is far

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from dreamix_jax.diffusion import schedules
+from dreamix_jax.diffusion import objectives, schedules
 
 
 def test_cosine_logsnr_endpoints_and_monotone():
@@ -41,3 +41,36 @@ def test_v_x_eps_identities():
   np.testing.assert_allclose(schedules.x_from_v(z, v, lam), x, atol=1e-5)
   np.testing.assert_allclose(schedules.eps_from_v(z, v, lam), eps, atol=1e-5)
   np.testing.assert_allclose(schedules.v_from_x_eps(x, eps, lam), v, atol=1e-6)
+
+
+def test_sample_logsnr_shift_moves_and_clips():
+  """A shift adds to every λ of the same t draws and stays inside the schedule's range."""
+  schedule = schedules.CosineLogSNR(-20.0, 20.0)
+  key = jax.random.PRNGKey(0)
+  plain = np.asarray(objectives.sample_logsnr(key, (4096,), schedule))
+  shifted = np.asarray(objectives.sample_logsnr(key, (4096,), schedule, shift=-2.0))
+  np.testing.assert_allclose(shifted, np.clip(plain - 2.0, -20.0, 20.0), atol=1e-5)
+  assert shifted.min() >= -20.0
+  # Noisier training: the share of draws below log-SNR -4 grows (from ~9% to ~17% for this range).
+  assert (shifted < -4).mean() > 1.5 * (plain < -4).mean()
+  narrow = schedules.CosineLogSNR(-5.0, 5.0)
+  clipped = np.asarray(objectives.sample_logsnr(key, (4096,), narrow, shift=-2.0))
+  assert clipped.min() == -5.0 and clipped.max() <= 3.0 + 1e-5
+
+
+def test_stage_loss_uses_its_logsnr_shift():
+  """`StageLoss.noise` draws the shifted log-SNRs (same key, same t draws)."""
+  from dreamix_jax import cascade as cascade_lib
+  from configs.cascades import shapes as shapes_cfg
+  from dreamix_jax.train import losses
+  cascade = cascade_lib.Cascade.from_config(shapes_cfg.get_config("tiny"))
+  stage = cascade.stage("base")
+  batch = dict(video=np.zeros((2,) + stage.shape + (3,), np.float32),
+               text=np.zeros((2, cascade.text_len, cascade.text_dim), np.float32),
+               text_mask=np.ones((2, cascade.text_len), bool),
+               temporal_mask=np.array([0.0, 1.0], np.float32))
+  key = jax.random.PRNGKey(3)
+  lam = lambda shift: np.asarray(losses.make_stage_loss(
+      None, stage, cascade.schedule, logsnr_shift=shift).noise(batch, key)["logsnr"])
+  np.testing.assert_allclose(lam(-3.0), np.clip(lam(0.0) - 3.0, cascade.schedule.logsnr_min,
+                                                cascade.schedule.logsnr_max), atol=1e-5)

@@ -26,9 +26,19 @@ def loss_weight(logsnr, weighting: str):
   raise ValueError(f"Unknown loss weighting {weighting!r}; choose one of {WEIGHTINGS}.")
 
 
-def sample_logsnr(rng, shape, schedule: schedules.CosineLogSNR, *, t_max: float = 1.0):
-  """λ(t) with t ~ U(0, t_max), of the given shape ((B,) per example, (B, T) per frame)."""
-  return schedule.logsnr(jax.random.uniform(rng, shape, maxval=t_max))
+def sample_logsnr(rng, shape, schedule: schedules.CosineLogSNR, *, t_max: float = 1.0,
+                  shift: float = 0.0):
+  """λ(t) + shift with t ~ U(0, t_max), of the given shape ((B,) per example, (B, T) per frame),
+  kept inside the schedule's [logsnr_min, logsnr_max].
+
+  A negative `shift` is the "shifted cosine" of simple diffusion (Hoogeboom et al., 2023): it moves
+  training towards noisier inputs, where redundant pixels (many frames showing one object, or a
+  high resolution) no longer give the content away, so the model must take it from the text.
+  """
+  lam = schedule.logsnr(jax.random.uniform(rng, shape, maxval=t_max))
+  if shift:
+    lam = jnp.clip(lam + shift, schedule.logsnr_min, schedule.logsnr_max)
+  return lam
 
 
 def v_loss_per_example(v_pred, x, noise, logsnr, *, weighting: str = "v", frame_weight=None):

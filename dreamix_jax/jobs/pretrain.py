@@ -188,7 +188,8 @@ def run(config, workdir: str):
                      "its target frames interleave its input frames. Set data.image_fraction=0.")
   embedder = common.make_embedder(config, cascade)
   _, apply = unet.make_denoiser(stage.unet)
-  loss_fn = losses.make_stage_loss(apply, stage, cascade.schedule, weighting=config.weighting)
+  loss_fn = losses.make_stage_loss(apply, stage, cascade.schedule, weighting=config.weighting,
+                                   logsnr_shift=config.logsnr_shift)
 
   def plain_loss(params, batch, rng):
     per_example = loss_fn(params, batch, rng)

@@ -31,7 +31,7 @@ class StageLoss:
   targets; no parameters), `denoise` (params, noised, rng -> v̂ (B, T, H, W, 3), the U-Net call)
   and `score` (v̂, noised -> (B,)).
   `rng` is split in four: log-SNR, noise and conditioning augmentation (`noise`), dropout
-  (`denoise`).
+  (`denoise`). `logsnr_shift` moves the training log-SNRs (see `objectives.sample_logsnr`).
   """
 
   apply_fn: Callable
@@ -39,6 +39,7 @@ class StageLoss:
   schedule: schedules.CosineLogSNR
   weighting: str = "v"
   train: bool = True
+  logsnr_shift: float = 0.0
 
   def noise(self, batch: dict, rng) -> dict:
     """{z, logsnr, video, eps, text, text_mask, temporal_mask[, cond, cond_logsnr]}: the batch
@@ -46,7 +47,7 @@ class StageLoss:
     video = batch["video"]
     b, t = video.shape[:2]
     k_lam, k_noise, k_aug, _ = jax.random.split(rng, 4)
-    lam = objectives.sample_logsnr(k_lam, (b, t), self.schedule)
+    lam = objectives.sample_logsnr(k_lam, (b, t), self.schedule, shift=self.logsnr_shift)
     per_frame = batch["temporal_mask"].astype(bool)[:, None]
     lam = jnp.where(per_frame, lam, lam[:, :1])
     eps = jax.random.normal(k_noise, video.shape, video.dtype)
@@ -85,9 +86,11 @@ class StageLoss:
 
 
 def make_stage_loss(apply_fn, stage: cascade_lib.Stage, schedule: schedules.CosineLogSNR, *,
-                    weighting: str = "v", train: bool = True) -> StageLoss:
-  """The per-example denoising loss of `stage` (v-prediction, configurable weighting)."""
-  return StageLoss(apply_fn, stage, schedule, weighting, train)
+                    weighting: str = "v", train: bool = True,
+                    logsnr_shift: float = 0.0) -> StageLoss:
+  """The per-example denoising loss of `stage` (v-prediction, configurable weighting and
+  training log-SNR shift)."""
+  return StageLoss(apply_fn, stage, schedule, weighting, train, logsnr_shift)
 
 
 def upsampled_condition(stage: cascade_lib.Stage, batch: dict):

@@ -1,10 +1,13 @@
-"""Schedule endpoints, inverse, and the v / x / ε identities of the VP process."""
+"""Schedule endpoints, inverse, the v / x / ε identities of the VP process, and the training log-SNR shift."""
 
 import jax
 import numpy as np
 import pytest
 
+from configs.cascades import shapes as shapes_cfg
+from dreamix_jax import cascade as cascade_lib
 from dreamix_jax.diffusion import objectives, schedules
+from dreamix_jax.train import losses
 
 
 def test_cosine_logsnr_endpoints_and_monotone():
@@ -60,9 +63,6 @@ def test_sample_logsnr_shift_moves_and_clips():
 
 def test_stage_loss_uses_its_logsnr_shift():
   """`StageLoss.noise` draws the shifted log-SNRs (same key, same t draws)."""
-  from dreamix_jax import cascade as cascade_lib
-  from configs.cascades import shapes as shapes_cfg
-  from dreamix_jax.train import losses
   cascade = cascade_lib.Cascade.from_config(shapes_cfg.get_config("tiny"))
   stage = cascade.stage("base")
   batch = dict(video=np.zeros((2,) + stage.shape + (3,), np.float32),

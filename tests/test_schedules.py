@@ -1,4 +1,5 @@
-"""Schedule endpoints, inverse, the v / x / ε identities of the VP process, and the training log-SNR shift."""
+"""Schedule endpoints, inverse, the v / x / ε identities of the VP process, and the training
+log-SNR shift."""
 
 import jax
 import numpy as np

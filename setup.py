@@ -24,7 +24,8 @@ setuptools.setup(
     install_requires=_requirements(),
     extras_require={
         # nbclient/nbformat/ipykernel: tests/test_launch.py executes the Colab notebook headlessly.
-        "test": ["pytest==9.2.0", "torch==2.13.0", "nbclient==0.11.0", "nbformat==5.11.1",
-                 "ipykernel==7.4.0", "hypothesis==6.170.15"],
+        # pytest-xdist: the suite runs in one worker process per core (pytest.ini).
+        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "torch==2.13.0", "nbclient==0.11.0",
+                 "nbformat==5.11.1", "ipykernel==7.4.0", "hypothesis==6.170.15"],
     },
 )

@@ -18,3 +18,10 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+def pytest_xdist_auto_num_workers(config):
+  """`-n auto` (pytest.ini): a worker per core, at most 4 (each holds its own JAX runtime and
+  compiled programs, ~1-2 GiB; the suite is sized for a 2-core CI machine)."""
+  del config
+  return max(1, min(4, len(os.sched_getaffinity(0))))

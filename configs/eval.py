@@ -23,7 +23,7 @@ ablation.csv/.md, ablation_edits.csv and ablation_success[_kept].png; each finis
 `benchmark=text2video`: samples the captions of the first `text2video.num_captions` test-split clips
 through the cascade up to stage `upto` (default: the last) and reports, per caption attribute, the
 share of samples in which the probe finds it (text2video.csv/.md, text2video_samples.csv,
-text2video_grid.png).
+text2video_confusion_<attribute>.csv/.md: captioned × read values, text2video_grid.png).
 `benchmark=classifier`: for the first `classifier.num_clips` test clips, which caption the base
 stage's denoising error prefers among those changing one attribute (classifier.csv/.md,
 classifier_clips.csv): whether the model uses each caption word at all, from forward passes only.

@@ -203,6 +203,22 @@ def test_text2video_scores_read_rendered_captions():
   assert table[-1]["found"] == 0.0
 
 
+def test_text2video_confusion_counts_captioned_against_read_values():
+  """Every sample lands in the cell (its caption's value, the value the probe read); a missing
+  object counts as "none"; rows and columns follow the vocabulary."""
+  rows = [dict(caption="a red circle moving left on a black background", read_motion="right"),
+          dict(caption="a blue square moving left on a gray background", read_motion="left"),
+          dict(caption="a red circle moving left on a black background", read_motion="right"),
+          dict(caption="a red circle standing still on a black background", read_motion=""),
+          dict(caption="a red circle moving up on a black background", read_motion="still")]
+  table = text2video.confusion(rows, "motion")
+  assert [r["caption"] for r in table] == list(shapes.MOTIONS)
+  assert all(list(r)[1:] == list(shapes.MOTIONS) + ["none"] for r in table)
+  counts = {(r["caption"], read): n for r in table for read, n in list(r.items())[1:] if n}
+  assert counts == {("left", "right"): 2, ("left", "left"): 1, ("still", "none"): 1,
+                    ("up", "still"): 1}
+
+
 def test_text2video_runlocal(tmp_path):
   """Two test captions through the tiny random cascade; only the stages up to `upto` are loaded."""
   config = load("configs/eval.py:benchmark=text2video,runlocal,upto=tsr")
@@ -217,6 +233,10 @@ def test_text2video_runlocal(tmp_path):
   for r in table:
     found = [int(s[r["attribute"]]) for s in samples]
     assert (int(r["samples"]), float(r["found"])) == (2, np.mean(found))
+  for attribute in text2video.ATTRIBUTES:
+    with open(paths[f"confusion_{attribute}_csv"]) as f:
+      confusion = list(csv.DictReader(f))
+    assert sum(int(n) for r in confusion for k, n in r.items() if k != "caption") == 2
   assert pathlib.Path(paths["grid"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   cascade, params = common.load_cascade(config, upto="tsr")
   assert list(params) == ["base", "tsr"] and cascade.names == ["base", "tsr", "ssr"]

@@ -7,8 +7,10 @@ benchmark reports, per attribute, the share of samples that show the caption's v
 alignment figure of DESIGN §4 — plus the share that show all four.
 
 Files written into the workdir: `text2video_samples.csv` (one row per sample: the caption, what the
-probe read, a 0/1 per attribute), `text2video.csv` / `.md` (the per-attribute table) and
-`text2video_grid.png` (the first 16 samples, captioned).
+probe read, a 0/1 per attribute), `text2video.csv` / `.md` (the per-attribute table),
+`text2video_confusion_<attribute>.csv` / `.md` (captioned value × read value counts: e.g. whether a
+missed motion went to the wrong axis or the wrong sign) and `text2video_grid.png` (the first 16
+samples, captioned).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from dreamix_jax.evaluate import probe, report
 
 ATTRIBUTES = ("color", "shape", "motion", "background")
 SUMMARY_COLUMNS = ("attribute", "samples", "found")
+VOCABULARIES = {"color": shapes.COLORS, "shape": shapes.SHAPES, "motion": shapes.MOTIONS,
+                "background": shapes.BACKGROUNDS}
 GRID_SAMPLES = 16
 
 
@@ -61,6 +65,18 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
     raise ValueError("No samples to summarize.")
   return [dict(attribute=a, samples=len(rows), found=float(np.mean([r[a] for r in rows])))
           for a in ATTRIBUTES + ("all",)]
+
+
+def confusion(rows: Sequence[dict], attribute: str) -> list[dict]:
+  """Counts of (captioned value, read value) for one attribute: one row per value of the
+  vocabulary, as {"caption": value, <read value>: count, ..., "none": count}; the read columns are
+  the vocabulary in its order, then "none" (the probe found no object)."""
+  vocabulary = VOCABULARIES[attribute]
+  counts = {value: dict.fromkeys(vocabulary + ("none",), 0) for value in vocabulary}
+  for row in rows:
+    captioned = getattr(shapes.parse_caption(row["caption"]), attribute)
+    counts[captioned][row[f"read_{attribute}"] or "none"] += 1
+  return [{"caption": value, **counts[value]} for value in vocabulary]
 
 
 def sample_captions(cascade, params, embedder, targets: Sequence[shapes.Attributes], *,
@@ -105,12 +121,18 @@ def run_benchmark(cascade, params, embedder, config, workdir: str, timer) -> lis
 
 
 def write_results(workdir: str, rows: Sequence[dict], stage: str) -> dict[str, str]:
-  """Writes text2video_samples.csv and text2video.csv/.md; returns {kind: path}."""
+  """Writes text2video_samples.csv, text2video.csv/.md and the per-attribute confusion tables
+  text2video_confusion_<attribute>.csv/.md; returns {kind: path}."""
   paths = {"samples": os.path.join(workdir, "text2video_samples.csv")}
   report.write_text(paths["samples"], report.csv_text(rows))
   paths["table_csv"], paths["table_md"] = report.write_tables(
       os.path.join(workdir, "text2video"), summarize(rows), SUMMARY_COLUMNS,
       title=f"Text-to-video ({stage} stage): share of samples in which the probe finds the "
             "caption's attribute")
+  for attribute in ATTRIBUTES:
+    paths[f"confusion_{attribute}_csv"], paths[f"confusion_{attribute}_md"] = report.write_tables(
+        os.path.join(workdir, f"text2video_confusion_{attribute}"), confusion(rows, attribute),
+        title=f"Text-to-video ({stage} stage), {attribute}: captioned value (rows) × value the "
+              "probe read (columns), sample counts")
   paths["grid"] = os.path.join(workdir, "text2video_grid.png")
   return paths

@@ -18,9 +18,9 @@ output.mp4, as every sampling job writes) gets a row of `scores.csv` / `scores.m
 Benchmarks: `config.benchmark = "shapes"`, the editing ablation (`evaluate.ablation`; writes
 ablation.csv/.md, ablation_edits.csv and ablation_success[_kept].png); `"text2video"`, test-split
 captions sampled and read back by the probe (`evaluate.text2video`; writes text2video.csv/.md,
-text2video_samples.csv and text2video_grid.png); `"classifier"`, the base stage's denoiser as a
-zero-shot classifier of each caption attribute on test clips (`evaluate.caption_classifier`;
-writes classifier.csv/.md and classifier_clips.csv).
+text2video_samples.csv, text2video_confusion_<attribute>.csv/.md and text2video_grid.png);
+`"classifier"`, the base stage's denoiser as a zero-shot classifier of each caption attribute on
+test clips (`evaluate.caption_classifier`; writes classifier.csv/.md and classifier_clips.csv).
 """
 
 from __future__ import annotations

@@ -30,6 +30,8 @@ SHAPES = ("circle", "square", "triangle")
 COLORS = ("red", "green", "blue", "yellow", "white")
 BACKGROUNDS = ("black", "gray", "purple")
 MOTIONS = ("left", "right", "up", "down", "still")
+# Every captioned attribute and its values, in caption-table order.
+VOCABULARIES = {"color": COLORS, "shape": SHAPES, "motion": MOTIONS, "background": BACKGROUNDS}
 
 # RGB in [0, 1]; every object color is at least 0.5 away (Euclidean) from every background color.
 COLOR_RGB = {

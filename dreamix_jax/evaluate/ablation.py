@@ -37,8 +37,6 @@ from dreamix_jax.jobs import edit
 CATEGORIES = {"motion": "motion", "object": "shape", "appearance": "color",
               "background": "background"}
 METHODS = ("none", "video", "mixed", "text2video")
-_VOCABULARY = {"motion": shapes.MOTIONS, "shape": shapes.SHAPES, "color": shapes.COLORS,
-               "background": shapes.BACKGROUNDS}
 SUMMARY_COLUMNS = ("method", "category", "edits", "alignment", "fidelity", "kept", "texture",
                    "stability", "success", "success_kept")
 # Summary column -> the per-edit score it averages.
@@ -76,7 +74,7 @@ def edit_attributes(attrs: shapes.Attributes, category: str, index: int) -> shap
   if category not in CATEGORIES:
     raise ValueError(f"Unknown edit category {category!r}; use one of {list(CATEGORIES)}.")
   field = CATEGORIES[category]
-  others = [v for v in _VOCABULARY[field] if v != getattr(attrs, field)]
+  others = [v for v in shapes.VOCABULARIES[field] if v != getattr(attrs, field)]
   return dataclasses.replace(attrs.discrete(), **{field: others[index % len(others)]})
 
 

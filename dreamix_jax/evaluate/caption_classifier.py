@@ -35,8 +35,7 @@ from dreamix_jax.diffusion import schedules
 from dreamix_jax.evaluate import report
 from dreamix_jax.models import unet
 
-VOCABULARIES = dict(color=shapes.COLORS, shape=shapes.SHAPES, motion=shapes.MOTIONS,
-                    background=shapes.BACKGROUNDS)
+VOCABULARIES = shapes.VOCABULARIES
 MAX_CANDIDATES = max(len(v) for v in VOCABULARIES.values())
 
 

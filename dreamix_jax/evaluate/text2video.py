@@ -28,8 +28,6 @@ from dreamix_jax.evaluate import probe, report
 
 ATTRIBUTES = ("color", "shape", "motion", "background")
 SUMMARY_COLUMNS = ("attribute", "samples", "found")
-VOCABULARIES = {"color": shapes.COLORS, "shape": shapes.SHAPES, "motion": shapes.MOTIONS,
-                "background": shapes.BACKGROUNDS}
 GRID_SAMPLES = 16
 
 
@@ -71,7 +69,7 @@ def confusion(rows: Sequence[dict], attribute: str) -> list[dict]:
   """Counts of (captioned value, read value) for one attribute: one row per value of the
   vocabulary, as {"caption": value, <read value>: count, ..., "none": count}; the read columns are
   the vocabulary in its order, then "none" (the probe found no object)."""
-  vocabulary = VOCABULARIES[attribute]
+  vocabulary = shapes.VOCABULARIES[attribute]
   counts = {value: dict.fromkeys(vocabulary + ("none",), 0) for value in vocabulary}
   for row in rows:
     captioned = getattr(shapes.parse_caption(row["caption"]), attribute)

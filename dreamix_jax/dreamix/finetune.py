@@ -78,7 +78,8 @@ def finetune_stage(cascade: cascade_lib.Cascade, stage: cascade_lib.Stage, param
   loss_fn = losses.make_stage_loss(apply, stage, cascade.schedule, weighting=cfg.weighting)
   mixed = losses.make_mixed_loss(loss_fn, stage, cfg.alpha)
   optimizer = state_lib.make_optimizer(cfg.optimizer)
-  step_fn = state_lib.make_train_step(mixed, optimizer, ema_decay=cfg.ema_decay)
+  step_fn = state_lib.make_train_step(mixed, optimizer, ema_decay=cfg.ema_decay,
+                                      learning_rate=state_lib.learning_rate_schedule(cfg.optimizer))
   layout, state_shardings = cascade.layout, None
   if layout is None:
     train_state = state_lib.init_state(params, optimizer, ema=cfg.ema_decay > 0)

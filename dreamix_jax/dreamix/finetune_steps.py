@@ -1,8 +1,8 @@
 """Finetuning read out at several step counts: one training run per stage, continued, not restarted.
 
 A sweep asks for the same finetune at 150, 200 and 300 steps (paper App. F.1). Training is a pure
-function of the step (fixed batch, step randomness `fold_in(seed, step)`, no step-count-dependent
-learning-rate decay), so the 150-step parameters of a 300-step run are exactly those of a 150-step
+function of the step (fixed batch, step randomness `fold_in(seed, step)`, a learning-rate schedule
+set by absolute steps, `train.state.learning_rate_schedule`, never by the run's length), so the 150-step parameters of a 300-step run are exactly those of a 150-step
 run: `finetune_at_steps` trains to the smallest count, hands the parameters out, and continues.
 
 The train step of a (stage, α, optimizer) is built once per process and cached, so every further
@@ -35,8 +35,11 @@ def _trainer(stage: cascade_lib.Stage, schedule: schedules.CosineLogSNR, alpha: 
   _, apply = unet.make_denoiser(stage.unet)
   loss_fn = losses.make_stage_loss(apply, stage, schedule, weighting=weighting)
   mixed = losses.make_mixed_loss(loss_fn, stage, alpha)
-  optimizer = state_lib.make_optimizer(ml_collections.ConfigDict(dict(optimizer_items)))
-  return optimizer, state_lib.make_train_step(mixed, optimizer, ema_decay=ema_decay)
+  optimizer_cfg = ml_collections.ConfigDict(dict(optimizer_items))
+  optimizer = state_lib.make_optimizer(optimizer_cfg)
+  return optimizer, state_lib.make_train_step(
+      mixed, optimizer, ema_decay=ema_decay,
+      learning_rate=state_lib.learning_rate_schedule(optimizer_cfg))
 
 
 def _stage_batch(cascade: cascade_lib.Cascade, stage: cascade_lib.Stage, views: dict, text,

@@ -196,7 +196,9 @@ def run(config, workdir: str):
     return per_example.mean(), {}
 
   optimizer = state_lib.make_optimizer(config.optimizer)
-  step_fn = state_lib.make_train_step(plain_loss, optimizer, ema_decay=config.ema_decay)
+  step_fn = state_lib.make_train_step(
+      plain_loss, optimizer, ema_decay=config.ema_decay,
+      learning_rate=state_lib.learning_rate_schedule(config.optimizer))
   step, params = 0, None
   if config.init_from:
     step, params = _init_from(config.init_from, cascade, stage)

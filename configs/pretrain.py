@@ -21,10 +21,11 @@ def get_config(arg=None):
   config.stage = arg.stage
   config.steps = arg.steps or (6 if arg.runlocal else 20_000)
   config.batch_size = arg.batch or (2 if arg.runlocal else 8)
-  # Constant after warm-up; optionally a linear/cosine cool-down (`train.state.learning_rate_schedule`).
-  # Its steps count the optimizer's updates, not `step`: equal for a run from scratch, but a run
-  # continued with `init_from` restarts the optimizer at 0 (so a cool-down over the last 700 of 2 000
-  # updates after init_from is decay_start=1300, decay_steps=700). Every log row has `learning_rate`.
+  # Constant after warm-up; optionally a linear/cosine cool-down
+  # (`train.state.learning_rate_schedule`). Its steps count the optimizer's updates, not `step`:
+  # equal for a run from scratch, but a run continued with `init_from` restarts the optimizer at 0
+  # (a cool-down over the last 700 of 2 000 updates after init_from: decay_start=1300,
+  # decay_steps=700). Every log row has `learning_rate`.
   config.optimizer = state_lib.optimizer_config(name="adamw", lr=1e-3, warmup_steps=200,
                                                 weight_decay=0.0, grad_clip=1.0)
   config.ema_decay = 0.995

@@ -2,8 +2,9 @@
 
 A sweep asks for the same finetune at 150, 200 and 300 steps (paper App. F.1). Training is a pure
 function of the step (fixed batch, step randomness `fold_in(seed, step)`, a learning-rate schedule
-set by absolute steps, `train.state.learning_rate_schedule`, never by the run's length), so the 150-step parameters of a 300-step run are exactly those of a 150-step
-run: `finetune_at_steps` trains to the smallest count, hands the parameters out, and continues.
+of the optimizer's update count, `train.state.learning_rate_schedule`, never of the run's length),
+so the 150-step parameters of a 300-step run are exactly those of a 150-step run:
+`finetune_at_steps` trains to the smallest count, hands the parameters out, and continues.
 
 The train step of a (stage, α, optimizer) is built once per process and cached, so every further
 finetune with the same settings (another step count, another input video) reuses its compiled

@@ -84,7 +84,8 @@ def schedule_count(opt_state) -> jax.Array:
   found = [x for x in jax.tree_util.tree_leaves(opt_state, is_leaf=is_schedule_state)
            if is_schedule_state(x)]
   if len(found) != 1:
-    raise ValueError(f"Expected one learning-rate schedule in the optimizer state, found {len(found)}.")
+    raise ValueError("Expected one learning-rate schedule in the optimizer state, found "
+                     f"{len(found)}.")
   return found[0].count
 
 

@@ -8,6 +8,7 @@
   python -m dreamix_jax.main --config=configs/eval.py:benchmark=text2video --workdir=/tmp/t2v_eval
   python -m dreamix_jax.main --config=configs/eval.py:benchmark=text2video,upto=base --workdir=/tmp/t2v
   python -m dreamix_jax.main --config=configs/eval.py:benchmark=classifier --workdir=/tmp/clf
+  python -m dreamix_jax.main --config=configs/eval.py:benchmark=drift --workdir=/tmp/drift
 
 `outputs`: scores every result folder under it into `<workdir>/scores.csv` and `scores.md` (temporal
 distance always; CLIP score with `clip_dir`, a local Hugging Face CLIP; temporal LPIPS with
@@ -27,6 +28,9 @@ text2video_confusion_<attribute>.csv/.md: captioned × read values, text2video_g
 `benchmark=classifier`: for the first `classifier.num_clips` test clips, which caption the base
 stage's denoising error prefers among those changing one attribute (classifier.csv/.md,
 classifier_clips.csv): whether the model uses each caption word at all, from forward passes only.
+`benchmark=drift`: for each motion word, how far the base stage's prediction from pure noise (the
+caption's mean video) moves from the first to the last quarter of the clip, against the world's
+own mean video (drift.csv/.md; seconds).
 """
 
 from configs import common
@@ -55,6 +59,11 @@ def get_config(arg=None):
   # shared by every candidate caption of a clip.
   config.classifier = dict(num_clips=2 if arg.runlocal else 32, data_seed=0,
                            logsnrs=(-6.0, -4.0, -2.0, 0.0, 2.0))
+  # Log-SNRs where the input is (nearly) pure noise; 16 draws per caption; 200 rendered clips per
+  # motion for the world's mean.
+  config.drift = dict(object="a red circle standing still on a black background",
+                      logsnrs=(-10.0, -6.0), num_noise=2 if arg.runlocal else 16,
+                      num_clips=8 if arg.runlocal else 200)
   config.alphas = dict(sweep.PAPER_ALPHAS)
   # As configs/edit.py: the finetuned methods tune the base stage alone, batch 1 (tuning tsr and ssr
   # too would take ~30 min per clip and method on a 2-core CPU).

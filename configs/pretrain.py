@@ -30,6 +30,9 @@ def get_config(arg=None):
                                                 weight_decay=0.0, grad_clip=1.0)
   config.ema_decay = 0.995
   config.init_from = ""  # a cascade directory to continue from (e.g. checkpoints/shapes)
+  # Top-level modules the init_from stage lacks, added to the stage's config since (e.g.
+  # '("frame_emb",)' after turning on unet.frame_embedding): they start from their initialisation.
+  config.init_from_new_modules = ()
   config.weighting = "v"
   # Added to every training log-SNR (clipped to the schedule's range); < 0 trains on noisier inputs
   # (`diffusion.objectives.sample_logsnr`).

@@ -124,6 +124,16 @@ def test_pretrain_runs_resumes_and_exports(tmp_path):
     config.steps = 7
   cont, history = pretrain.run(config, str(tmp_path / "continued"))
   assert int(cont.step) == 7 and [h["step"] for h in history] == [7]
+  # ... and with a module added to the stage since (the frame embedding): it must be named.
+  with config.unlocked():
+    config.cascade.stages.base.unet.frame_embedding = True
+  with pytest.raises(checkpoints.CheckpointError, match="missing.*frame_emb"):
+    pretrain.run(config, str(tmp_path / "grown_unnamed"))
+  with config.unlocked():
+    config.init_from_new_modules = ("frame_emb",)
+  grown, history = pretrain.run(config, str(tmp_path / "grown"))
+  assert int(grown.step) == 7 and "frame_emb" in grown.params
+  assert set(grown.params) == set(cont.params) | {"frame_emb"}
 
 
 def test_cascade_checkpoint_round_trip_and_mismatch_errors(tmp_path):

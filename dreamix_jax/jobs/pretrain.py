@@ -201,7 +201,8 @@ def run(config, workdir: str):
       learning_rate=state_lib.learning_rate_schedule(config.optimizer))
   step, params = 0, None
   if config.init_from:
-    step, params = _init_from(config.init_from, cascade, stage)
+    step, params = _init_from(config.init_from, cascade, stage, config.init_from_new_modules,
+                              jax.random.PRNGKey(config.seed))
   elif layout is None:
     params = cascade.init_params(jax.random.PRNGKey(config.seed), stage)
   else:
@@ -296,14 +297,20 @@ def _global_batches(batch_maker: BatchMaker, layout: parallel.Layout):
   return batch_fn
 
 
-def _init_from(directory, cascade, stage):
+def _init_from(directory, cascade, stage, new_modules=(), rng=None):
   """(step, params): the (EMA) parameters of a cascade directory, e.g. a committed demo cascade,
   and the step recorded in its metadata, to continue pretraining from (the optimizer moments start
-  afresh). An orbax checkpoint in the workdir, when present, still takes precedence (`loop.run`
-  restores it)."""
+  afresh). `new_modules`: top-level modules the directory's stage lacks (added to the config
+  since), which start from their initialisation (`rng`). An orbax checkpoint in the workdir, when
+  present, still takes precedence (`loop.run` restores it)."""
   import safetensors
   path = os.path.join(directory, f"{stage.name}.safetensors")
-  params = checkpoints.load_cascade(directory, cascade, [stage.name])[stage.name]
+  if new_modules:
+    params = checkpoints.load_params_over(path, cascade.init_params(rng, stage), new_modules)
+    logging.info("[pretrain/%s] new modules %s start from their initialisation.", stage.name,
+                 list(new_modules))
+  else:
+    params = checkpoints.load_cascade(directory, cascade, [stage.name])[stage.name]
   with safetensors.safe_open(path, "np") as f:
     step = int((f.metadata() or {}).get("step", 0))
   logging.info("[pretrain/%s] initialised from %s at step %d.", stage.name, path, step)

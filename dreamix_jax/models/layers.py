@@ -158,6 +158,27 @@ class LogSNREmbedding(nn.Module):
     return dense(self.dim * 4, dtype=self.dtype, name="dense_1")(h)
 
 
+class FrameIndexEmbedding(nn.Module):
+  """Embeds each frame's absolute index, `(T,)` -> `(T, dim)`, through a zero-initialised output
+  layer (a new embedding leaves a trained model's output unchanged until it is trained).
+
+  Temporal attention (relative bias) and temporal convolutions are translation-equivariant over
+  frames, so from stationary inputs — pure noise and one caption for every frame — they cannot make
+  a frame's output depend on where the frame sits in the clip, except through padding at the clip's
+  ends. Where the data's mean video drifts with time (an object moving right starts on the left and
+  ends on the right), the denoiser needs that dependence at high noise.
+  """
+
+  dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, frames: int):
+    h = sinusoidal_embedding(jnp.arange(frames, dtype=jnp.float32), self.dim, max_period=100.0)
+    h = nn.swish(dense(self.dim, dtype=self.dtype, name="dense_0")(h))
+    return dense(self.dim, zero_init=True, dtype=self.dtype, name="dense_1")(h)
+
+
 class TextPooling(nn.Module):
   """Attention pooling of text tokens: a learned query attends over unmasked tokens.
 
@@ -365,11 +386,11 @@ class TemporalConv(nn.Module):
     y = group_norm(fold_frames(x), dtype=self.dtype, name="norm")
     y = nn.swish(y).reshape(x.shape)
     y = FrameConv(c, self.kernel, zero_init=True, dtype=self.dtype, name="conv")(y)
-    keep = 1.0 - _frame_flags(frame_mask).astype(y.dtype)
+    keep = 1.0 - frame_flags(frame_mask).astype(y.dtype)
     return x + y * keep[:, None, None, None, None]
 
 
-def _frame_flags(frame_mask):
+def frame_flags(frame_mask):
   """(B,) flags from a (B,) flag array or a (B, T, T) attention mask (identity = masked)."""
   frame_mask = jnp.asarray(frame_mask)
   if frame_mask.ndim == 3:

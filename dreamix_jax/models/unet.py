@@ -12,7 +12,8 @@ convolution; levels in `temporal_attn_levels` add temporal self-attention (the b
 `cross_attn_levels` attend to the text only.
 
 Conditioning: the log-SNR (per example `(B,)` or per frame `(B, T)`) is embedded per frame; the
-attention-pooled text embedding is added to it; SR stages concatenate the (already upsampled, already
+attention-pooled text embedding is added to it, and with `frame_embedding` an embedding of the
+frame's index in the clip; SR stages concatenate the (already upsampled, already
 noise-augmented) low-resolution video to `z` and add an embedding of its augmentation log-SNR.
 """
 
@@ -53,6 +54,8 @@ class UNetConfig:
   num_res_blocks: residual blocks per level (Efficient U-Net: more at low resolution).
   attn_levels / cross_attn_levels / temporal_attn_levels: level indices (0 = full resolution).
   temporal_conv: a residual temporal convolution after every residual block.
+  frame_embedding: add an embedding of each frame's absolute index to its conditioning embedding
+    (`layers.FrameIndexEmbedding`; off for frame-masked examples, which are sets of images).
   conditional: an SR stage (concatenates the low-resolution video, conditions on its noise level).
   remat: rematerialisation of every block (`jax.checkpoint` policy, see `REMAT_POLICIES`): 'none',
     'full' (keep only block inputs), 'dots_saveable' (keep matmul/conv outputs),
@@ -67,6 +70,7 @@ class UNetConfig:
   cross_attn_levels: tuple[int, ...] = ()
   temporal_attn_levels: tuple[int, ...] = (2,)
   temporal_conv: bool = True
+  frame_embedding: bool = False
   head_dim: int = 32
   dropout: float = 0.0
   conditional: bool = False
@@ -143,6 +147,10 @@ class SpaceTimeUNet(nn.Module):
     emb = layers.LogSNREmbedding(cfg.channels, t, dtype=dtype, name="time_emb")(logsnr)
     text = layers.layer_norm(text.astype(dtype), dtype=dtype, name="text_norm")
     emb = emb + layers.TextPooling(emb_dim, dtype=dtype, name="text_pool")(text, text_mask)[:, None]
+    if cfg.frame_embedding and not frames_only:
+      ordered = 1.0 - layers.frame_flags(temporal_mask).astype(dtype)  # (B,) 0 for image sets
+      frame_emb = layers.FrameIndexEmbedding(emb_dim, dtype=dtype, name="frame_emb")(t)  # (T, E)
+      emb = emb + ordered[:, None, None] * frame_emb[None]
     x = z
     if cfg.conditional:
       if cond.shape[:4] != z.shape[:4]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -80,6 +80,29 @@ def load_params(path: str, expected=None) -> dict:
   if expected is not None:
     check_matches(flat, {k: v.shape for k, v in _flat_shapes(expected).items()}, path)
   return unflatten(flat)
+
+
+def load_params_over(path: str, initial, new: Sequence[str]) -> dict:
+  """Reads a parameter file written before modules were added to a model: every parameter of
+  `initial` (the model's full, freshly initialised tree) comes from the file, except those under the
+  top-level names in `new` (e.g. 'frame_emb'), which the file must lack and which keep their
+  initial values. Any other difference is an error listing it, as in `load_params`."""
+  if not os.path.isfile(path):
+    raise CheckpointError(f"Parameter file {path!r} does not exist.")
+  initial = flatten(nn.meta.unbox(initial))
+  tops = {k.split("/")[0] for k in initial}
+  unknown = sorted(set(new) - tops)
+  if unknown:
+    raise CheckpointError(f"New modules {unknown} are not in the model; its top-level modules are "
+                          f"{sorted(tops)}.")
+  is_new = lambda k: k.split("/")[0] in new
+  flat = safetensors.numpy.load_file(path)
+  stored_new = sorted(k for k in flat if is_new(k))
+  if stored_new:
+    raise CheckpointError(f"{path} already has {stored_new[:5]}: do not list "
+                          f"{sorted({k.split('/')[0] for k in stored_new})} as new.")
+  check_matches(flat, {k: v.shape for k, v in initial.items() if not is_new(k)}, path)
+  return unflatten({**initial, **flat})
 
 
 def _flat_shapes(tree) -> dict[str, Any]:

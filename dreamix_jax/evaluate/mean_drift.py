@@ -1,0 +1,144 @@
+"""Does the base stage's caption-mean video move the way the caption says?
+
+At a very low log-SNR the noisy input carries almost nothing about the clip, so the best x0
+prediction is the caption's mean video E[x0 | caption]. In the moving-shapes world that mean moves:
+an object moving right must stay in the frame, so it starts on the left and ends on the right, and
+the average of many such clips is a smear that drifts right over the clip (about ±10 pixels of 40
+at the base stage). A denoiser that has tied the motion words to time reproduces that drift; one
+whose temporal layers only see relative frame offsets (translation-equivariant over frames) gets
+the same input at every frame — noise and one caption — and predicts a still smear.
+
+For each motion, with the object, color and background fixed (`object_caption`), this benchmark
+averages x̂0 = x_from_v(z, v̂) over `num_noise` pure-noise draws at each of `logsnrs`, and compares
+the displacement of its salient centroid (first quarter of the frames → last quarter) with the
+same statistic of the world's own mean over `num_clips` rendered clips of that caption. Forward
+passes only (seconds), so it can be run at every checkpoint.
+
+Files: `drift.csv` / `.md` (one row per motion: data dx, dy; model dx, dy per log-SNR; pixels of
+the stage's frame).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dreamix_jax.data import shapes
+from dreamix_jax.diffusion import schedules
+from dreamix_jax.evaluate import report
+from dreamix_jax.models import unet
+
+Denoise = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+def centroid_drift(video: np.ndarray, background: str) -> tuple[float, float]:
+  """(dx, dy) in pixels: the salient centroid's mean over the last quarter of the frames minus
+  its mean over the first quarter. video: (T, H, W, 3) in [-1, 1]; salience is the distance from
+  the background color above its median over the clip (the smear of a mean video counts, the
+  background does not)."""
+  t, h, w, _ = video.shape
+  if t < 4:
+    raise ValueError(f"centroid_drift needs at least 4 frames, got {t}.")
+  rgb = np.asarray(shapes.BACKGROUND_RGB[background], np.float32) * 2 - 1
+  distance = np.linalg.norm(video - rgb, axis=-1)  # (T, H, W)
+  salience = np.maximum(distance - np.median(distance), 0.0)
+  mass = salience.sum(axis=(1, 2))
+  if np.any(mass <= 0):
+    return float("nan"), float("nan")
+  ys, xs = np.mgrid[:h, :w] + 0.5
+  cx = (salience * xs).sum(axis=(1, 2)) / mass
+  cy = (salience * ys).sum(axis=(1, 2)) / mass
+  q = t // 4
+  return float(cx[-q:].mean() - cx[:q].mean()), float(cy[-q:].mean() - cy[:q].mean())
+
+
+def world_mean_video(target: shapes.Attributes, shape: tuple[int, int, int], num_clips: int,
+                     seed: int) -> np.ndarray:
+  """E[x0 | caption of `target`] estimated from `num_clips` clips: positions, sizes and speeds
+  drawn as the dataset draws them for `target.motion`, the object and background as `target`.
+  (T, H, W, 3)."""
+  rng = np.random.default_rng(seed)
+  clips = []
+  while len(clips) < num_clips:
+    attrs = shapes.sample_attributes(rng)
+    if attrs.motion == target.motion:
+      clips.append(dataclasses.replace(attrs, shape=target.shape, color=target.color,
+                                       background=target.background))
+  return shapes.render_batch(clips, *shape).mean(axis=0)
+
+
+def predicted_mean_video(denoise: Denoise, text: np.ndarray, text_mask: np.ndarray,
+                         shape: tuple[int, int, int], logsnr: float, num_noise: int,
+                         seed: int) -> np.ndarray:
+  """x̂0 averaged over `num_noise` draws of z ~ N(0, I) at `logsnr`, one caption `(L, D)`:
+  (T, H, W, 3). `denoise(z, logsnr (N,), text (N, L, D), mask (N, L)) -> v̂`."""
+  z = jax.random.normal(jax.random.PRNGKey(seed), (num_noise,) + tuple(shape) + (3,))
+  lam = jnp.full((num_noise,), logsnr, jnp.float32)
+  text = jnp.broadcast_to(jnp.asarray(text, jnp.float32), (num_noise,) + text.shape)
+  mask = jnp.broadcast_to(jnp.asarray(text_mask, bool), (num_noise,) + text_mask.shape)
+  x0 = schedules.x_from_v(z, denoise(z, lam, text, mask), lam)
+  return np.asarray(jax.device_get(x0.mean(axis=0)))
+
+
+def measure(denoise: Denoise, embedder, *, shape: tuple[int, int, int],
+            object_caption: shapes.Attributes, logsnrs: Sequence[float], num_noise: int,
+            num_clips: int, seed: int) -> list[dict]:
+  """One row per motion of `shapes.MOTIONS`: `motion`, `data_dx`, `data_dy`, and
+  `model_dx_at_<λ>`, `model_dy_at_<λ>` per log-SNR (pixels at `shape`)."""
+  rows = []
+  for motion in shapes.MOTIONS:
+    target = dataclasses.replace(object_caption, motion=motion)
+    text, mask = embedder([shapes.caption(target)])
+    dx, dy = centroid_drift(world_mean_video(target, shape, num_clips, seed), target.background)
+    row = dict(motion=motion, data_dx=dx, data_dy=dy)
+    for lam in logsnrs:
+      mean = predicted_mean_video(denoise, text[0], mask[0], shape, lam, num_noise, seed)
+      row[f"model_dx_at_{lam:g}"], row[f"model_dy_at_{lam:g}"] = centroid_drift(
+          mean, target.background)
+    rows.append(row)
+  return rows
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_denoise(unet_config: unet.UNetConfig):
+  _, apply = unet.make_denoiser(unet_config)
+  return jax.jit(apply)
+
+
+def run_benchmark(cascade, params, embedder, config, workdir: str, timer) -> list[dict]:
+  """The base stage's rows; `config.drift` carries object (a caption of the world), logsnrs,
+  num_noise, num_clips; `config.seed` seeds noise and clips."""
+  del workdir  # everything is written by write_results
+  cfg = config.drift
+  if cfg.num_noise < 1 or cfg.num_clips < 1:
+    raise ValueError(f"drift.num_noise and drift.num_clips must be at least 1, got "
+                     f"{cfg.num_noise} and {cfg.num_clips}.")
+  if not cfg.logsnrs:
+    raise ValueError("drift.logsnrs is empty; give log-SNRs where the input is nearly pure noise, "
+                     "e.g. '(-10,-6)'.")
+  base = cascade.stages[0]
+  if base.kind != "base":
+    raise ValueError(f"The drift benchmark needs a base stage first; {base.name!r} is {base.kind}.")
+  apply = _compiled_denoise(base.unet)
+  denoise = functools.partial(apply, params[base.name])
+  with timer("drift"):
+    return measure(denoise, embedder, shape=base.shape,
+                   object_caption=shapes.parse_caption(cfg.object),
+                   logsnrs=tuple(float(l) for l in cfg.logsnrs), num_noise=cfg.num_noise,
+                   num_clips=cfg.num_clips, seed=config.seed)
+
+
+def write_results(workdir: str, rows: Sequence[dict]) -> dict[str, str]:
+  """Writes drift.csv/.md; returns {kind: path}."""
+  paths = {}
+  paths["table_csv"], paths["table_md"] = report.write_tables(
+      f"{workdir}/drift", rows,
+      title="Caption-mean drift (base stage): centroid displacement, first → last quarter of the "
+            "frames, of the world's mean clip (data) and of the mean x̂0 from pure noise (model), "
+            "pixels")
+  return paths

@@ -41,9 +41,9 @@ def _oracle(means):
 
 @pytest.fixture(scope="module")
 def world_means():
-  return {m: mean_drift.world_mean_video(
-      shapes.Attributes(shape="circle", color="red", background="black", motion=m), SHAPE, 64, 0)
-          for m in shapes.MOTIONS}
+  return {m: mean_drift.world_clips(
+      shapes.Attributes(shape="circle", color="red", background="black", motion=m), SHAPE, 64,
+      0).mean(axis=0) for m in shapes.MOTIONS}
 
 
 def test_world_means_drift_the_way_the_caption_says(world_means):
@@ -63,6 +63,9 @@ def test_oracle_reproduces_the_data_and_a_time_blind_model_gives_none(world_mean
   rows = mean_drift.measure(_oracle(world_means), _Embedder(), shape=SHAPE, object_caption=OBJECT,
                             logsnrs=(-10.0, 2.0), num_noise=2, num_clips=64, seed=0)
   assert [r["motion"] for r in rows] == list(shapes.MOTIONS)
+  # A still caption's mean is the same in every frame; a moving one's costs a few percent.
+  costs = {r["motion"]: r["still_mean_cost"] for r in rows}
+  assert costs["still"] < 1e-9 and all(0.005 < costs[m] < 0.3 for m in ("left", "right", "up"))
   for r in rows:
     for lam in ("-10", "2"):
       np.testing.assert_allclose(r[f"model_dx_at_{lam}"], r["data_dx"], atol=0.05)
@@ -91,8 +94,8 @@ def test_drift_benchmark_runlocal(tmp_path):
   with open(paths["table_csv"]) as f:
     rows = list(csv.DictReader(f))
   assert [r["motion"] for r in rows] == list(shapes.MOTIONS)
-  assert set(rows[0]) == {"motion", "data_dx", "data_dy", "model_dx_at_-10", "model_dy_at_-10",
-                          "model_dx_at_-6", "model_dy_at_-6"}
+  assert set(rows[0]) == {"motion", "data_dx", "data_dy", "still_mean_cost", "model_dx_at_-10",
+                          "model_dy_at_-10", "model_dx_at_-6", "model_dy_at_-6"}
   assert float(rows[1]["data_dx"]) > 0 > float(rows[0]["data_dx"])  # right, left
   bad = load("configs/eval.py:benchmark=drift,runlocal")
   with bad.unlocked():

@@ -134,6 +134,14 @@ def test_pretrain_runs_resumes_and_exports(tmp_path):
   grown, history = pretrain.run(config, str(tmp_path / "grown"))
   assert int(grown.step) == 7 and "frame_emb" in grown.params
   assert set(grown.params) == set(cont.params) | {"frame_emb"}
+  # Resuming that workdir without the module: its orbax state no longer fits, said plainly.
+  with config.unlocked():
+    config.cascade.stages.base.unet.frame_embedding = False
+    config.init_from_new_modules = ()
+    config.steps = 8
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=r"other parameters \(differing: .*frame_emb"):
+    pretrain.run(config, str(tmp_path / "grown"))
 
 
 def test_cascade_checkpoint_round_trip_and_mismatch_errors(tmp_path):

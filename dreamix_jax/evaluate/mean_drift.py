@@ -14,8 +14,12 @@ the displacement of its salient centroid (first quarter of the frames → last q
 same statistic of the world's own mean over `num_clips` rendered clips of that caption. Forward
 passes only (seconds), so it can be run at every checkpoint.
 
-Files: `drift.csv` / `.md` (one row per motion: data dx, dy; model dx, dy per log-SNR; pixels of
-the stage's frame).
+It also reports how much the loss asks for that drift (`still_mean_cost`): the extra x0 error of
+a still smear over the drifting mean, as a share of the mean's own error — a few percent here,
+which is why pretraining learns the motion words so much later than colors.
+
+Files: `drift.csv` / `.md` (one row per motion: data dx, dy and still-mean cost; model dx, dy per
+log-SNR; pixels of the stage's frame).
 """
 
 from __future__ import annotations
@@ -57,11 +61,11 @@ def centroid_drift(video: np.ndarray, background: str) -> tuple[float, float]:
   return float(cx[-q:].mean() - cx[:q].mean()), float(cy[-q:].mean() - cy[:q].mean())
 
 
-def world_mean_video(target: shapes.Attributes, shape: tuple[int, int, int], num_clips: int,
-                     seed: int) -> np.ndarray:
-  """E[x0 | caption of `target`] estimated from `num_clips` clips: positions, sizes and speeds
-  drawn as the dataset draws them for `target.motion`, the object and background as `target`.
-  (T, H, W, 3)."""
+def world_clips(target: shapes.Attributes, shape: tuple[int, int, int], num_clips: int,
+                seed: int) -> np.ndarray:
+  """`num_clips` clips of the caption of `target`: positions, sizes and speeds drawn as the
+  dataset draws them for `target.motion`, the object and background as `target`.
+  (N, T, H, W, 3); their mean over N estimates E[x0 | caption]."""
   rng = np.random.default_rng(seed)
   clips = []
   while len(clips) < num_clips:
@@ -69,7 +73,16 @@ def world_mean_video(target: shapes.Attributes, shape: tuple[int, int, int], num
     if attrs.motion == target.motion:
       clips.append(dataclasses.replace(attrs, shape=target.shape, color=target.color,
                                        background=target.background))
-  return shapes.render_batch(clips, *shape).mean(axis=0)
+  return shapes.render_batch(clips, *shape)
+
+
+def still_mean_cost(clips: np.ndarray) -> float:
+  """How much the loss asks for the drift: the extra squared x0 error of predicting the caption's
+  mean frame at every frame (a still smear) instead of its mean video, as a share of the error of
+  the mean video itself. clips: (N, T, H, W, C)."""
+  mean = clips.mean(axis=0)
+  still = mean.mean(axis=0, keepdims=True)
+  return float(np.mean(np.square(mean - still)) / np.mean(np.square(clips - mean)))
 
 
 def predicted_mean_video(denoise: Denoise, text: np.ndarray, text_mask: np.ndarray,
@@ -88,14 +101,16 @@ def predicted_mean_video(denoise: Denoise, text: np.ndarray, text_mask: np.ndarr
 def measure(denoise: Denoise, embedder, *, shape: tuple[int, int, int],
             object_caption: shapes.Attributes, logsnrs: Sequence[float], num_noise: int,
             num_clips: int, seed: int) -> list[dict]:
-  """One row per motion of `shapes.MOTIONS`: `motion`, `data_dx`, `data_dy`, and
-  `model_dx_at_<λ>`, `model_dy_at_<λ>` per log-SNR (pixels at `shape`)."""
+  """One row per motion of `shapes.MOTIONS`: `motion`, `data_dx`, `data_dy`, `still_mean_cost`
+  (`still_mean_cost` of the world's clips) and `model_dx_at_<λ>`, `model_dy_at_<λ>` per log-SNR
+  (pixels at `shape`)."""
   rows = []
   for motion in shapes.MOTIONS:
     target = dataclasses.replace(object_caption, motion=motion)
     text, mask = embedder([shapes.caption(target)])
-    dx, dy = centroid_drift(world_mean_video(target, shape, num_clips, seed), target.background)
-    row = dict(motion=motion, data_dx=dx, data_dy=dy)
+    clips = world_clips(target, shape, num_clips, seed)
+    dx, dy = centroid_drift(clips.mean(axis=0), target.background)
+    row = dict(motion=motion, data_dx=dx, data_dy=dy, still_mean_cost=still_mean_cost(clips))
     for lam in logsnrs:
       mean = predicted_mean_video(denoise, text[0], mask[0], shape, lam, num_noise, seed)
       row[f"model_dx_at_{lam:g}"], row[f"model_dy_at_{lam:g}"] = centroid_drift(

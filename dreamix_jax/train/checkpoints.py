@@ -215,8 +215,22 @@ class TrainCheckpointer:
     if step is None:
       raise CheckpointError(f"No checkpoint in {self.directory}.")
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, template)
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    except ValueError as e:
+      if "structures do not match" not in str(e):
+        raise
+      # orbax lists every differing subtree with its full metadata; name the subtrees only.
+      differing = [line[:-1] for line in str(e).splitlines()
+                   if line.endswith(":") and not line.startswith((" ", "User-provided"))]
+      names = ", ".join(differing[:8]) or "listed by orbax"
+      raise CheckpointError(
+          f"The checkpoint at step {step} in {self.directory} was written by a model with other "
+          f"parameters (differing: {names}): was the config changed since? Resume with the "
+          "config that wrote it, or start in a new --workdir (pretraining: --config.init_from=<a "
+          "cascade directory> keeps its weights, with --config.init_from_new_modules for modules "
+          "added since).") from e
     return restored["state"], restored["meta"]
 
   def close(self) -> None:

@@ -13,6 +13,7 @@ from dreamix_jax import cascade as cascade_lib
 from dreamix_jax.dreamix import corrupt, finetune
 from dreamix_jax.models import unet
 from dreamix_jax.train import loop as loop_lib, losses, state as state_lib
+from param_utils import randomise
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -24,17 +25,10 @@ def _shapes_tiny():
   return cascade_lib.Cascade.from_config(mod.get_config("tiny"))
 
 
-def _randomise(params, seed, scale=0.1):
-  leaves, tree = jax.tree_util.tree_flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-  return jax.tree_util.tree_unflatten(
-      tree, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
-
-
 @pytest.fixture(scope="module")
 def setup():
   cascade = _shapes_tiny()
-  params = {s.name: _randomise(cascade.init_params(jax.random.PRNGKey(i), s), 10 + i)
+  params = {s.name: randomise(cascade.init_params(jax.random.PRNGKey(i), s), 10 + i, scale=0.1)
             for i, s in enumerate(cascade.stages)}
   k = jax.random.split(jax.random.PRNGKey(0), 2)
   top = cascade.stage("ssr")

@@ -11,6 +11,7 @@ import pytest
 
 from dreamix_jax.models import unet
 from dreamix_jax.train import checkpoints
+from param_utils import randomise
 
 B, T, H, W, L, D = 2, 5, 8, 16, 6, 12
 
@@ -19,13 +20,6 @@ WITH = unet.UNetConfig(channels=8, channel_mult=(1, 2), num_res_blocks=(1, 1), a
                        head_dim=8, frame_embedding=True)
 WITHOUT = dataclasses.replace(WITH, frame_embedding=False)
 init = functools.partial(unet.init_params, frames=T, height=H, width=W, text_len=L, text_dim=D)
-
-
-def _randomise(params, seed):
-  leaves, tree = jax.tree_util.tree_flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-  return jax.tree_util.tree_unflatten(
-      tree, [x + 0.2 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +34,7 @@ def inputs():
 @pytest.fixture(scope="module")
 def trained():
   """(params of WITH, all non-zero, and its jitted apply)."""
-  params = _randomise(init(WITH, jax.random.PRNGKey(0)), 1)
+  params = randomise(init(WITH, jax.random.PRNGKey(0)), 1)
   return params, jax.jit(unet.make_denoiser(WITH)[1], static_argnames=("frames_only",))
 
 
@@ -63,7 +57,7 @@ def test_stationary_input_gives_frame_dependent_output_only_with_the_embedding(i
   still = jnp.broadcast_to(z[:, :1], z.shape)
   for config, differs in ((WITH, True), (WITHOUT, False)):
     config = dataclasses.replace(config, temporal_conv=False, temporal_attn_levels=())
-    params = _randomise(init(config, jax.random.PRNGKey(0)), 1)
+    params = randomise(init(config, jax.random.PRNGKey(0)), 1)
     out = unet.make_denoiser(config)[1](params, still, logsnr, text, mask,
                                         temporal_mask=jnp.zeros((B,)))
     spread = float(jnp.abs(out - out[:, :1]).max())
@@ -90,7 +84,7 @@ def test_masked_examples_are_frame_sets_again(trained, inputs):
 
 
 def test_load_params_over_adds_only_the_named_new_modules(tmp_path):
-  old = _randomise(init(WITHOUT, jax.random.PRNGKey(0)), 1)
+  old = randomise(init(WITHOUT, jax.random.PRNGKey(0)), 1)
   path = os.path.join(tmp_path, "base.safetensors")
   checkpoints.save_params(path, old)
   initial = init(WITH, jax.random.PRNGKey(5))

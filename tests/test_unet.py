@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from dreamix_jax.models import layers, unet
+from param_utils import randomise
 
 B, T, H, W, L, D = 2, 5, 8, 16, 6, 12  # odd frame count on purpose
 
@@ -20,14 +21,6 @@ SR = unet.UNetConfig(channels=8, channel_mult=(1, 2), num_res_blocks=(1, 1), att
                      head_dim=8, conditional=True)
 
 
-def _randomise(params, seed):
-  """Non-zero everywhere (the zero-initialised temporal/out layers too), so frames really interact."""
-  leaves, tree = jax.tree_util.tree_flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-  return jax.tree_util.tree_unflatten(
-      tree, [x + 0.2 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
-
-
 @pytest.fixture(scope="module")
 def fresh_params():
   return unet.init_params(BASE, jax.random.PRNGKey(0), frames=T, height=H, width=W, text_len=L,
@@ -37,7 +30,7 @@ def fresh_params():
 @pytest.fixture(scope="module")
 def base(fresh_params):
   _, apply = unet.make_denoiser(BASE)
-  return _randomise(fresh_params, 1), jax.jit(apply)
+  return randomise(fresh_params, 1), jax.jit(apply)
 
 
 @pytest.fixture(scope="module")
@@ -166,8 +159,8 @@ def test_frames_only_equals_all_masked(base, inputs, remat):
   params, _ = base
   z, logsnr, text, mask = inputs
   low = z[:, :, :, :8]
-  sr_params = _randomise(unet.init_params(SR, jax.random.PRNGKey(4), frames=T, height=H, width=8,
-                                          text_len=L, text_dim=D), 5)
+  sr_params = randomise(unet.init_params(SR, jax.random.PRNGKey(4), frames=T, height=H, width=8,
+                                         text_len=L, text_dim=D), 5)
   for config, p, kwargs, x in ((BASE, params, {}, z),
                                (SR, sr_params, dict(cond=low, cond_logsnr=logsnr[:, 0]), low)):
     _, apply = unet.make_denoiser(dataclasses.replace(config, remat=remat))

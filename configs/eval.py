@@ -24,7 +24,9 @@ ablation.csv/.md, ablation_edits.csv and ablation_success[_kept].png; each finis
 `benchmark=text2video`: samples the captions of the first `text2video.num_captions` test-split clips
 through the cascade up to stage `upto` (default: the last) and reports, per caption attribute, the
 share of samples in which the probe finds it (text2video.csv/.md, text2video_samples.csv,
-text2video_confusion_<attribute>.csv/.md: captioned × read values, text2video_grid.png).
+text2video_confusion_<attribute>.csv/.md: captioned × read values, text2video_grid.png). With
+`upto=base` and `--config.text2video.trace=True` the probe also reads the x̂0 of every sampler step
+(text2video_decision.csv/.md: at which log-SNR each attribute is decided; same samples).
 `benchmark=classifier`: for the first `classifier.num_clips` test clips, which caption the base
 stage's denoising error prefers among those changing one attribute (classifier.csv/.md,
 classifier_clips.csv): whether the model uses each caption word at all, from forward passes only.
@@ -53,8 +55,9 @@ def get_config(arg=None):
   config.ablation = dict(num_clips=1 if arg.runlocal else 12, data_seed=0,
                          steps=2 if arg.runlocal else 150, s_none=0.8, s_finetuned=0.9,
                          upto=arg.upto or "base")
+  # trace=True (with upto=base): also probe the x̂0 of every sampler step (text2video_decision.md).
   config.text2video = dict(num_captions=2 if arg.runlocal else 100, data_seed=0, upto=arg.upto,
-                           batch_size=1 if arg.runlocal else 25)
+                           batch_size=1 if arg.runlocal else 25, trace=False)
   # Log-SNRs from where the object is barely visible (−6) to lightly noised (2); the same noise is
   # shared by every candidate caption of a clip.
   config.classifier = dict(num_clips=2 if arg.runlocal else 32, data_seed=0,

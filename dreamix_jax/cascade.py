@@ -202,14 +202,18 @@ class Cascade:
   # Sampling.
 
   def sample_stage(self, stage: Stage, params, text, text_mask, rng, *, low=None, z_start=None,
-                   t_start=1.0):
+                   t_start=1.0, trajectory=False):
     """Samples one stage. text: (B, L, D); text_mask: (B, L).
 
     Base stage: from pure noise, or from `z_start` (B, T, H, W, 3) at time `t_start` (editing).
     SR stage: conditioned on the previous stage's output `low`, in chunks of `stage.chunk_frames`
     input frames when set. Returns (B, T, H, W, 3) clipped to [−1, 1].
+    With `trajectory=True` (base stage only) returns `(video, xs)`, xs (num_steps, B, T, H, W, 3)
+    the x̂0 of every sampler step clipped to [−1, 1] (`sampling.ddim_sample`).
     """
-    raw = _compiled_stage_sampler(stage, self.schedule, self.layout)
+    if trajectory and stage.kind != "base":
+      raise ValueError(f"trajectory=True is for the base stage; {stage.name!r} is {stage.kind}.")
+    raw = _compiled_stage_sampler(stage, self.schedule, self.layout, trajectory)
     params = self.place_params(stage, params)
     if self.layout is None:
       fn = raw
@@ -274,8 +278,9 @@ def _param_shardings(stage: Stage, text_len: int, text_dim: int, layout: paralle
 
 @functools.lru_cache(maxsize=None)
 def _compiled_stage_sampler(stage: Stage, schedule: schedules.CosineLogSNR,
-                            layout: parallel.Layout | None):
-  """One jitted sampler per (stage, schedule, layout) — all hashable, so equal configs share it.
+                            layout: parallel.Layout | None, trajectory: bool = False):
+  """One jitted sampler per (stage, schedule, layout, trajectory) — all hashable, so equal configs
+  share it.
   Params, text, seeds and `t_start` are arguments: new prompts, seeds, noise levels and finetuned
   weights reuse the compiled program. With a layout the inputs arrive laid out on its mesh (params
   by their logical axes, videos and text over the batch axes) and the U-Net's activation
@@ -291,8 +296,8 @@ def _compiled_stage_sampler(stage: Stage, schedule: schedules.CosineLogSNR,
       kwargs = dict(cond=cond, cond_logsnr=cond_logsnr)
     v_fn = sampling.guided_v_fn(apply, params, text, text_mask, guided=stage.sampler.guided,
                                 **kwargs)
-    x = sampling.ddim_sample(v_fn, z_start, rng, schedule=schedule, config=stage.sampler,
-                             t_start=t_start)
-    return jnp.clip(x, -1.0, 1.0)
+    out = sampling.ddim_sample(v_fn, z_start, rng, schedule=schedule, config=stage.sampler,
+                               t_start=t_start, trajectory=trajectory)
+    return jax.tree.map(lambda x: jnp.clip(x, -1.0, 1.0), out)
 
   return jax.jit(run if layout is None else layout.wrap(run))

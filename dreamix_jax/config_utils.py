@@ -7,9 +7,12 @@ defaults, so a misspelt key is an error.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import ml_collections
+
+from dreamix_jax.diffusion import sampling
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -49,7 +52,10 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
 def stage(kind: str, frames: int, height: int, width: int, fps: float, *, factor: int = 1,
           unet: dict, sampler: dict, cond_aug_t: float = 0.0, cond_aug_max_t: float = 0.0,
           chunk_frames: int = 0, finetune: bool = True) -> ml_collections.ConfigDict:
-  """One stage's ConfigDict (fields of `dreamix_jax.cascade.Stage`)."""
+  """One stage's ConfigDict (fields of `dreamix_jax.cascade.Stage`). The sampler dict holds every
+  `SamplerConfig` field (defaults filled in), so each can be set from the command line (but for
+  None-valued ones, which ml_collections cannot override there: set those in the config file)."""
+  sampler = {**dataclasses.asdict(sampling.SamplerConfig()), **sampler}
   unet = dict(unet)
   unet.setdefault("conditional", kind != "base")
   return ml_collections.ConfigDict(dict(

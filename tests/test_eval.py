@@ -219,6 +219,49 @@ def test_text2video_confusion_counts_captioned_against_read_values():
                     ("up", "still"): 1}
 
 
+def test_decision_table_counts_reads_per_step():
+  """Per step, the share of samples reading as the final step and as the caption; a missing object
+  (None) matches neither a value nor the caption."""
+  targets = [shapes.parse_caption("a red circle moving left on a black background"),
+             shapes.parse_caption("a blue square moving up on a gray background")]
+  read = lambda motion, color="red": dict(color=color, shape="circle", motion=motion,
+                                          background="black")
+  steps = [[read(None), read("down", "blue")],
+           [read("right"), read("up", "blue")],
+           [read("right"), read("up", "blue")]]
+  table = text2video.decision_table(steps, targets, [-6.0, 0.0, 6.0])
+  assert [(r["step"], r["logsnr"]) for r in table] == [(0, -6.0), (1, 0.0), (2, 6.0)]
+  assert [r["motion_as_final"] for r in table] == [0.0, 1.0, 1.0]
+  assert [r["motion_as_caption"] for r in table] == [0.0, 0.5, 0.5]
+  assert [r["color_as_caption"] for r in table] == [1.0, 1.0, 1.0]
+  assert [r["shape_as_caption"] for r in table] == [0.5, 0.5, 0.5]  # circle vs square
+  assert [r["background_as_final"] for r in table] == [1.0, 1.0, 1.0]
+
+
+def test_text2video_trace_keeps_the_samples_and_ends_at_them(tmp_path):
+  """With trace the base stage's samples are exactly those without it, and the decision table's
+  last step reads as the samples do (its _as_caption equals the per-attribute found share)."""
+  config = load("configs/eval.py:benchmark=text2video,runlocal,upto=base")
+  plain = evaluate.run(config, str(tmp_path / "plain"))
+  config.text2video.trace = True
+  traced = evaluate.run(config, str(tmp_path / "traced"))
+  assert "decision_csv" not in plain
+  assert (pathlib.Path(plain["samples"]).read_text()
+          == pathlib.Path(traced["samples"]).read_text())
+  with open(traced["decision_csv"]) as f:
+    decision = list(csv.DictReader(f))
+  with open(traced["table_csv"]) as f:
+    found = {r["attribute"]: float(r["found"]) for r in csv.DictReader(f)}
+  assert len(decision) == config.cascade.stages.base.sampler.num_steps
+  assert float(decision[0]["logsnr"]) == pytest.approx(config.cascade.schedule.logsnr_min)
+  assert all(float(decision[-1][f"{a}_as_final"]) == 1.0 for a in text2video.ATTRIBUTES)
+  assert {a: float(decision[-1][f"{a}_as_caption"]) for a in text2video.ATTRIBUTES} == {
+      a: found[a] for a in text2video.ATTRIBUTES}
+  config.text2video.upto = "tsr"
+  with pytest.raises(ValueError, match="trace follows the base stage"):
+    evaluate.run(config, str(tmp_path / "tsr"))
+
+
 def test_text2video_runlocal(tmp_path):
   """Two test captions through the tiny random cascade; only the stages up to `upto` are loaded."""
   config = load("configs/eval.py:benchmark=text2video,runlocal,upto=tsr")

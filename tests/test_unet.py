@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamix_jax.models import layers, unet
+from dreamix_jax.models import unet
 from param_utils import randomise
 
 B, T, H, W, L, D = 2, 5, 8, 16, 6, 12  # odd frame count on purpose
@@ -142,14 +142,6 @@ def test_bad_shapes_and_config_errors():
     unet.UNetConfig(channel_mult=(1, 2), num_res_blocks=(1, 1), attn_levels=(3,))
   with pytest.raises(ValueError, match="Unknown U-Net config fields"):
     unet.UNetConfig.from_config({"chanels": 8})
-
-
-def test_relative_position_buckets_symmetric_and_bounded():
-  b = np.asarray(layers.relative_position_buckets(40, num_buckets=32, max_distance=64))
-  assert b.min() >= 0 and b.max() < 32
-  assert np.all(np.diag(b) == 0)
-  assert len(np.unique(b[0])) > 8  # distinct buckets for distinct forward offsets
-  assert not np.array_equal(b, b.T)  # bidirectional: forward and backward offsets differ
 
 
 @pytest.mark.parametrize("remat", ["none", "full"])

@@ -10,6 +10,11 @@ Steps are uniform in t on `[0, t_start]`, so editing can start from any noise le
 Guidance follows Imagen: ε̃ = w ε_c + (1 − w) ε_u (w = 1 is off). Since x̂ and ε̂ are affine in v̂ with
 weights that sum to one, the same combination is applied to v̂. Oscillating guidance (Imagen Video)
 uses `w_high` for the first `oscillate_after` steps, then alternates `w_high`, `w_low`.
+With `noisy_guidance` > 0 (default 0: off), steps that run the denoiser below log-SNR
+`noisy_logsnr` use that weight instead (guidance in a limited interval, Kynkäänniemi et al. 2024):
+the noisiest steps are where a sample's motion is decided (the text-to-video benchmark's `trace`
+measures it), so a caption's motion word can be weighted there without over-saturating the later
+steps that draw the object.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ class SamplerConfig:
   oscillate_after: int = 0
   thresholding: str = "dynamic"
   threshold_percentile: float = 99.5
+  noisy_guidance: float = 0.0  # 0: off
+  noisy_logsnr: float = -2.0
 
   def __post_init__(self):
     if self.num_steps < 1:
@@ -48,14 +55,18 @@ class SamplerConfig:
       raise ValueError(f"eta must be in [0, 1], got {self.eta}.")
     if self.thresholding not in THRESHOLDING:
       raise ValueError(f"thresholding {self.thresholding!r} is not one of {THRESHOLDING}.")
+    if self.noisy_guidance < 0:
+      raise ValueError(f"noisy_guidance must be ≥ 0 (0 turns it off), got {self.noisy_guidance}.")
 
   @property
   def guided(self) -> bool:
     """Whether any step needs the unconditional branch."""
-    return bool(np.any(self.guidance_weights() != 1.0))
+    noisy = self.noisy_guidance > 0 and self.noisy_guidance != 1.0
+    return bool(np.any(self.guidance_weights() != 1.0)) or noisy
 
   def guidance_weights(self) -> np.ndarray:
-    """Per-step guidance weights, shape (num_steps,)."""
+    """Per-step guidance weights, shape (num_steps,), before `noisy_guidance` (which depends on
+    each step's log-SNR, so on where sampling starts)."""
     w = np.full((self.num_steps,), self.guidance, np.float32)
     if self.guidance_low is not None:
       late = np.arange(self.num_steps) >= self.oscillate_after
@@ -95,16 +106,25 @@ def row_percentile(flat, percentile: float):
   return below + frac * (above - below)
 
 
+def step_times(num_steps: int, t_start=1.0):
+  """The sampler's time grid, (num_steps + 1,) from `t_start` down to 0 (uniform in t); step k
+  denoises at time `[k]` and lands at `[k + 1]`."""
+  t_start = jnp.asarray(t_start, jnp.float32)
+  return t_start * (1.0 - jnp.arange(num_steps + 1, dtype=jnp.float32) / num_steps)
+
+
 def ddim_sample(v_fn: VFn, z_start, rng, *, schedule: schedules.CosineLogSNR,
-                config: SamplerConfig, t_start=1.0):
+                config: SamplerConfig, t_start=1.0, trajectory: bool = False):
   """Runs the sampler from `z_start` at time `t_start` down to 0 and returns x̂_0 (B, ...).
 
   v_fn returns the conditional and (when `config.guided`) unconditional v̂ for a batch; build it
   with `guided_v_fn` so both branches run as one batched call.
+  With `trajectory=True` (static) it returns `(x̂_0, xs)`: xs (num_steps, B, ...) is the guided,
+  thresholded x̂ the denoiser predicted at every step, from the noisiest on (the last equals x̂_0
+  when `t_start > 0`), which shows at which noise level a sample's content was decided.
   """
   n = config.num_steps
-  t_start = jnp.asarray(t_start, jnp.float32)
-  grid = t_start * (1.0 - jnp.arange(n + 1, dtype=jnp.float32) / n)  # t_start ... 0
+  grid = step_times(n, t_start)
   weights = jnp.asarray(config.guidance_weights())
   keys = jax.random.split(rng, n)
   batch = z_start.shape[0]
@@ -114,6 +134,8 @@ def ddim_sample(v_fn: VFn, z_start, rng, *, schedule: schedules.CosineLogSNR,
     lam_t = jnp.full((batch,), schedule.logsnr(t))
     lam_s = schedule.logsnr(s)
     v_c, v_u = v_fn(z, lam_t)
+    if config.noisy_guidance > 0:
+      w = jnp.where(lam_t[0] < config.noisy_logsnr, config.noisy_guidance, w)
     v = v_c if v_u is None else w * v_c + (1.0 - w) * v_u
     x = threshold(schedules.x_from_v(z, v, lam_t), config.thresholding,
                   config.threshold_percentile)
@@ -129,7 +151,8 @@ def ddim_sample(v_fn: VFn, z_start, rng, *, schedule: schedules.CosineLogSNR,
     return z_next, x
 
   _, xs = jax.lax.scan(step, z_start, (grid[:-1], grid[1:], weights, keys))
-  return jnp.where(t_start > 0, xs[-1], z_start)
+  x = jnp.where(t_start > 0, xs[-1], z_start)
+  return (x, xs) if trajectory else x
 
 
 def guided_v_fn(apply_fn, params, text, text_mask, *, guided: bool, **model_kwargs) -> VFn:

@@ -10,7 +10,10 @@ Files written into the workdir: `text2video_samples.csv` (one row per sample: th
 probe read, a 0/1 per attribute), `text2video.csv` / `.md` (the per-attribute table),
 `text2video_confusion_<attribute>.csv` / `.md` (captioned value × read value counts: e.g. whether a
 missed motion went to the wrong axis or the wrong sign) and `text2video_grid.png` (the first 16
-samples, captioned).
+samples, captioned). With `trace` (base stage only) also `text2video_decision.csv` / `.md`: per
+sampler step, the share of samples whose x̂0 at that step already shows each attribute as the final
+sample does, and as the caption says — the noise level at which an attribute is decided, which is
+where the denoiser has to use the caption's word for it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 from absl import logging
 
 from dreamix_jax.data import outputs, shapes
+from dreamix_jax.diffusion import sampling
 from dreamix_jax.evaluate import probe, report
 
 ATTRIBUTES = ("color", "shape", "motion", "background")
@@ -78,49 +82,94 @@ def confusion(rows: Sequence[dict], attribute: str) -> list[dict]:
 
 
 def sample_captions(cascade, params, embedder, targets: Sequence[shapes.Attributes], *,
-                    upto: str, batch_size: int, seed: int) -> np.ndarray:
+                    upto: str, batch_size: int, seed: int, trace: bool = False):
   """Text-to-video samples `(N, T, H, W, 3)` of stage `upto` for `targets`, `batch_size` at a time
   (the last batch padded, so every batch reuses one compiled sampler); batch i uses the key
-  `fold_in(PRNGKey(seed), i)`."""
+  `fold_in(PRNGKey(seed), i)`.
+
+  With `trace` (`upto` must be the base stage) returns `(videos, step_reads)`: step_reads[k][n] is
+  what the probe reads (`ProbeResult.attributes()`) in sample n's x̂0 at sampler step k. The
+  samples are the same as without `trace`.
+  """
   if batch_size < 1:
     raise ValueError(f"text2video.batch_size must be at least 1, got {batch_size}.")
+  base = cascade.stages[0]
+  if trace and upto != base.name:
+    raise ValueError(f"text2video.trace follows the base stage's sampler; set text2video.upto="
+                     f"{base.name!r} (got {upto!r}).")
   captions = [shapes.caption(t) for t in targets]
-  videos = []
+  videos, step_reads = [], [[] for _ in range(base.sampler.num_steps)] if trace else None
   for i, start in enumerate(range(0, len(captions), batch_size)):
     chunk = captions[start:start + batch_size]
     text, mask = embedder(chunk + [chunk[-1]] * (batch_size - len(chunk)))
-    out = cascade.sample(params, jnp.asarray(text), jnp.asarray(mask),
-                         jax.random.fold_in(jax.random.PRNGKey(seed), i), upto=upto)[upto]
+    text, mask = jnp.asarray(text), jnp.asarray(mask)
+    key = jax.random.fold_in(jax.random.PRNGKey(seed), i)
+    if trace:  # the base stage's key as `cascade.sample` derives it, so the samples are the same
+      out, xs = cascade.sample_stage(base, params[base.name], text, mask,
+                                     jax.random.fold_in(key, 0), trajectory=True)
+      xs = np.asarray(jax.device_get(xs))[:, :len(chunk)]
+      for reads, x in zip(step_reads, xs):
+        reads.extend(r.attributes() for r in probe.probe_batch(x))
+    else:
+      out = cascade.sample(params, text, mask, key, upto=upto)[upto]
     videos.append(np.asarray(jax.device_get(out))[:len(chunk)])
     logging.info("text2video: %d/%d samples.", start + len(chunk), len(captions))
-  return np.concatenate(videos)
+  videos = np.concatenate(videos)
+  return (videos, step_reads) if trace else videos
 
 
-def run_benchmark(cascade, params, embedder, config, workdir: str, timer) -> list[dict]:
-  """Samples and scores `config.text2video.num_captions` test captions; returns one row per
-  sample and writes the captioned grid of the first samples.
+def decision_table(step_reads: Sequence[Sequence[dict]], targets: Sequence[shapes.Attributes],
+                   logsnrs: Sequence[float]) -> list[dict]:
+  """One row per sampler step: `step`, `logsnr` (where the denoiser was evaluated) and per
+  attribute `<attribute>_as_final` (share of samples whose x̂0 at this step reads as the last
+  step's does) and `<attribute>_as_caption` (reads as the caption says). step_reads[k][n]: the
+  probe's reading (attribute -> value or None) of sample n at step k."""
+  final = step_reads[-1]
+  rows = []
+  for k, (reads, logsnr) in enumerate(zip(step_reads, logsnrs, strict=True)):
+    row = dict(step=k, logsnr=float(logsnr))
+    for a in ATTRIBUTES:
+      row[f"{a}_as_final"] = float(np.mean([r[a] == f[a] for r, f in zip(reads, final)]))
+      row[f"{a}_as_caption"] = float(np.mean([r[a] == getattr(t, a)
+                                              for r, t in zip(reads, targets)]))
+    rows.append(row)
+  return rows
 
-  `config.text2video` carries num_captions, data_seed, upto (a stage name; "" = the last stage) and
-  batch_size; `config.seed` seeds the sampler.
+
+def run_benchmark(cascade, params, embedder, config, workdir: str, timer):
+  """Samples and scores `config.text2video.num_captions` test captions; returns (one row per
+  sample, the `decision_table` rows or None without `trace`) and writes the captioned grid of the
+  first samples.
+
+  `config.text2video` carries num_captions, data_seed, upto (a stage name; "" = the last stage),
+  batch_size and trace; `config.seed` seeds the sampler.
   """
   cfg = config.text2video
   upto = cfg.upto or cascade.names[-1]
   targets = test_captions(cfg.num_captions, cfg.data_seed)
   with timer("sample"):
     videos = sample_captions(cascade, params, embedder, targets, upto=upto,
-                             batch_size=cfg.batch_size, seed=config.seed)
+                             batch_size=cfg.batch_size, seed=config.seed, trace=cfg.trace)
+  decision = None
+  if cfg.trace:
+    videos, step_reads = videos
+    times = np.asarray(sampling.step_times(cascade.stages[0].sampler.num_steps))[:-1]
+    decision = decision_table(step_reads, targets,
+                              [float(cascade.schedule.logsnr(t)) for t in times])
   with timer("probe"):
     rows = score_samples(videos, targets)
   shown = range(min(GRID_SAMPLES, len(rows)))
   outputs.write_comparison_png(os.path.join(workdir, "text2video_grid.png"),
                                [videos[i] for i in shown], [rows[i]["caption"] for i in shown],
                                scale=2)
-  return rows
+  return rows, decision
 
 
-def write_results(workdir: str, rows: Sequence[dict], stage: str) -> dict[str, str]:
-  """Writes text2video_samples.csv, text2video.csv/.md and the per-attribute confusion tables
-  text2video_confusion_<attribute>.csv/.md; returns {kind: path}."""
+def write_results(workdir: str, rows: Sequence[dict], stage: str,
+                  decision: Sequence[dict] | None = None) -> dict[str, str]:
+  """Writes text2video_samples.csv, text2video.csv/.md, the per-attribute confusion tables
+  text2video_confusion_<attribute>.csv/.md and, given `decision`, text2video_decision.csv/.md;
+  returns {kind: path}."""
   paths = {"samples": os.path.join(workdir, "text2video_samples.csv")}
   report.write_text(paths["samples"], report.csv_text(rows))
   paths["table_csv"], paths["table_md"] = report.write_tables(
@@ -132,5 +181,11 @@ def write_results(workdir: str, rows: Sequence[dict], stage: str) -> dict[str, s
         os.path.join(workdir, f"text2video_confusion_{attribute}"), confusion(rows, attribute),
         title=f"Text-to-video ({stage} stage), {attribute}: captioned value (rows) × value the "
               "probe read (columns), sample counts")
+  if decision is not None:
+    paths["decision_csv"], paths["decision_md"] = report.write_tables(
+        os.path.join(workdir, "text2video_decision"), decision,
+        title=f"Text-to-video ({stage} stage), per sampler step (log-SNR where the denoiser ran): "
+              "share of samples whose x̂0 already reads as the final sample (_as_final) and as the "
+              "caption (_as_caption)")
   paths["grid"] = os.path.join(workdir, "text2video_grid.png")
   return paths

@@ -74,8 +74,8 @@ def run_benchmark(config, workdir: str) -> dict[str, str]:
     cascade, params = common.load_cascade(config, upto=upto)
     embedder = common.make_embedder(config, cascade)
   if config.benchmark == "text2video":
-    rows = text2video.run_benchmark(cascade, params, embedder, config, workdir, timer)
-    paths = text2video.write_results(workdir, rows, upto or cascade.names[-1])
+    rows, decision = text2video.run_benchmark(cascade, params, embedder, config, workdir, timer)
+    paths = text2video.write_results(workdir, rows, upto or cascade.names[-1], decision)
   elif config.benchmark == "classifier":
     rows = caption_classifier.run_benchmark(cascade, params, embedder, config, workdir, timer)
     paths = caption_classifier.write_results(workdir, rows, config.classifier.logsnrs)

@@ -26,6 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dreamix_jax.models import t5
+
 Dtype = Any
 
 
@@ -262,21 +264,6 @@ class SpatialAttention(nn.Module):
     return x + out.reshape(n, h, w, c)
 
 
-def relative_position_buckets(length, num_buckets=32, max_distance=64):
-  """T5's bidirectional relative-position buckets for a (length, length) grid of offsets."""
-  pos = jnp.arange(length)
-  rel = pos[None, :] - pos[:, None]  # key - query
-  half = num_buckets // 2
-  bucket = (rel > 0).astype(jnp.int32) * half
-  n = jnp.abs(rel)
-  max_exact = half // 2
-  is_small = n < max_exact
-  large = max_exact + (jnp.log(jnp.maximum(n, 1) / max_exact) / math.log(max_distance / max_exact)
-                       * (half - max_exact)).astype(jnp.int32)
-  large = jnp.minimum(large, half - 1)
-  return bucket + jnp.where(is_small, n, large)
-
-
 def temporal_allowed(frame_mask, frames):
   """Which frames may attend to which: (B,) flags -> (B, T, T) bool (identity where masked).
 
@@ -332,7 +319,7 @@ class TemporalAttention(nn.Module):
       return x + out_proj(jnp.dot(y, qkv_kernel[:, 2 * c:])).reshape(x.shape)
     qkv = jnp.dot(fold_positions(y.reshape(x.shape)), qkv_kernel)
     q, k, v = jnp.split(qkv.reshape(b * h * w, t, 3 * heads, hd), 3, axis=2)
-    bias = table[relative_position_buckets(t, self.num_buckets, self.max_distance)]  # (T, T, heads)
+    bias = table[t5.relative_position_buckets(t, t, self.num_buckets, self.max_distance)]  # (T, T, h)
     bias = bias.transpose(2, 0, 1)[None].astype(jnp.float32)  # (1, heads, T, T)
     allowed = temporal_allowed(frame_mask, t)  # (B, T, T)
     allowed = jnp.broadcast_to(allowed[:, None, None], (b, h * w, 1, t, t)).reshape(b * h * w, 1, t, t)

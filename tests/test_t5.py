@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 
 from absl import flags
 import flax.traverse_util
@@ -326,6 +327,27 @@ def test_truncation_warns(embedder, caplog):
   assert "truncated to max_length=16" in warnings[0] and long_prompt[:40] in warnings[0]
   assert mask[0].all() and tokens[0, -1] == 1  # EOS kept at the end
   assert not mask[1].all()
+
+
+def test_tokenize_from_many_threads_always_pads(embedder):
+  """The pretrain job embeds captions on prefetching threads; a fast tokenizer's per-call padding
+  state is shared, so unguarded calls sometimes returned another call's unpadded (B, 10) batch."""
+  prompts = ["a red circle moving left on a black background", "a blue square moving up"]
+  expected = embedder.tokenize(prompts)
+  shapes_seen = []
+
+  def work():
+    for _ in range(60):
+      tokens, mask = embedder.tokenize(prompts)
+      shapes_seen.append(tokens.shape if np.array_equal(tokens, expected[0])
+                         and np.array_equal(mask, expected[1]) else ("differs", tokens.shape))
+
+  threads = [threading.Thread(target=work) for _ in range(6)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert shapes_seen == [(2, MAX_LENGTH)] * 360
 
 
 def test_cli_builds_cache_for_cached_embedder(hf, tmp_path):

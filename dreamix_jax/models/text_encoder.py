@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from typing import Protocol, Sequence
 
 import jax
@@ -175,6 +176,10 @@ class T5TextEncoder:
                        f"has {config.vocab_size}; tokenizer and weights must come from one model.")
     tokenizer.padding_side = "right"
     self.config, self.params, self.tokenizer = config, params, tokenizer
+    # A fast tokenizer keeps its padding/truncation settings in shared state, set per call: two
+    # threads tokenizing at once (the pretrain job's prefetching workers) can get each other's,
+    # e.g. an unpadded (B, 10) batch. One call at a time.
+    self._tokenizer_lock = threading.Lock()
     self.fingerprint, self.max_length, self.max_batch = fingerprint, max_length, max_batch
     self.dim = config.d_model
     self.num_encoded = 0
@@ -192,12 +197,14 @@ class T5TextEncoder:
   def tokenize(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Token ids int32 (B, L) and mask bool (B, L), truncated (with a warning) to max_length."""
     prompts = _check_prompts(prompts)
-    for prompt, ids in zip(prompts, self.tokenizer(prompts)["input_ids"]):
-      if len(ids) > self.max_length:
-        _log.warning("Prompt %r has %d tokens; truncated to max_length=%d.", prompt, len(ids),
+    with self._tokenizer_lock:
+      lengths = [len(ids) for ids in self.tokenizer(prompts)["input_ids"]]
+      batch = self.tokenizer(prompts, padding="max_length", truncation=True,
+                             max_length=self.max_length, return_tensors="np")
+    for prompt, length in zip(prompts, lengths):
+      if length > self.max_length:
+        _log.warning("Prompt %r has %d tokens; truncated to max_length=%d.", prompt, length,
                      self.max_length)
-    batch = self.tokenizer(prompts, padding="max_length", truncation=True,
-                           max_length=self.max_length, return_tensors="np")
     return batch["input_ids"].astype(np.int32), batch["attention_mask"].astype(bool)
 
   def encode(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ def get_config(arg=None):
       base=cu.stage("base", 16, 24, 40, 3, unet=dict(
           channels=32, channel_mult=(1, 2, 3), num_res_blocks=(1, 1, 2), attn_levels=(2,),
           cross_attn_levels=(1,), temporal_attn_levels=(1, 2), temporal_conv=True, head_dim=32,
-          frame_embedding=False),
+          frame_embedding=True),
           sampler=sampler_base),
       tsr=cu.stage("tsr", 32, 24, 40, 6, factor=2, unet=dict(
           channels=24, channel_mult=(1, 2), num_res_blocks=(1, 1), attn_levels=(),

@@ -87,9 +87,9 @@ def sample_captions(cascade, params, embedder, targets: Sequence[shapes.Attribut
   (the last batch padded, so every batch reuses one compiled sampler); batch i uses the key
   `fold_in(PRNGKey(seed), i)`.
 
-  With `trace` (`upto` must be the base stage) returns `(videos, step_reads)`: step_reads[k][n] is
-  what the probe reads (`ProbeResult.attributes()`) in sample n's x̂0 at sampler step k. The
-  samples are the same as without `trace`.
+  Returns `(videos, step_reads)`; step_reads is None unless `trace` (`upto` must then be the base
+  stage): step_reads[k][n] is what the probe reads (`ProbeResult.attributes()`) in sample n's x̂0
+  at sampler step k. The samples are the same with or without `trace`.
   """
   if batch_size < 1:
     raise ValueError(f"text2video.batch_size must be at least 1, got {batch_size}.")
@@ -114,8 +114,7 @@ def sample_captions(cascade, params, embedder, targets: Sequence[shapes.Attribut
       out = cascade.sample(params, text, mask, key, upto=upto)[upto]
     videos.append(np.asarray(jax.device_get(out))[:len(chunk)])
     logging.info("text2video: %d/%d samples.", start + len(chunk), len(captions))
-  videos = np.concatenate(videos)
-  return (videos, step_reads) if trace else videos
+  return np.concatenate(videos), step_reads
 
 
 def decision_table(step_reads: Sequence[Sequence[dict]], targets: Sequence[shapes.Attributes],
@@ -148,11 +147,11 @@ def run_benchmark(cascade, params, embedder, config, workdir: str, timer):
   upto = cfg.upto or cascade.names[-1]
   targets = test_captions(cfg.num_captions, cfg.data_seed)
   with timer("sample"):
-    videos = sample_captions(cascade, params, embedder, targets, upto=upto,
-                             batch_size=cfg.batch_size, seed=config.seed, trace=cfg.trace)
+    videos, step_reads = sample_captions(cascade, params, embedder, targets, upto=upto,
+                                         batch_size=cfg.batch_size, seed=config.seed,
+                                         trace=cfg.trace)
   decision = None
   if cfg.trace:
-    videos, step_reads = videos
     times = np.asarray(sampling.step_times(cascade.stages[0].sampler.num_steps))[:-1]
     decision = decision_table(step_reads, targets,
                               [float(cascade.schedule.logsnr(t)) for t in times])

@@ -4,7 +4,11 @@
   python -m dreamix_jax.main --config=configs/edit.py:video=my.mp4,prompt="a blue square moving up on a gray background"
   python -m dreamix_jax.main --config=configs/edit.py:runlocal --workdir=/tmp/edit   # tiny, random
 
-Defaults: the shipped moving-shapes clip and demo cascade; the paper's α = 0.35; noise level s = 0.8;
+Defaults: the shipped moving-shapes clip (a red circle moving right) and demo cascade; the edit
+prompt stops the circle ("... standing still ..."): a change of motion the demo cascade has learnt
+(moving vs still), unlike the direction of motion, which it has not yet (README, "Status and
+figures": `:prompt="a red circle moving left on a black background"` keeps the input's motion);
+the paper's α = 0.35; noise level s = 0.9 (at 0.8 the input's motion survives);
 150 mixed finetuning steps of the base stage alone, batch 1 (the paper also finetunes its first two
 SSR stages; on the toy cascade that would triple the ~5-minute CPU budget of the demo — add them with
 --config.finetune.stages='("base","tsr","ssr")').
@@ -22,8 +26,8 @@ def get_config(arg=None):
   config = common.base_config("edit", arg.runlocal)
   config.input = arg.video or common.SHAPES_CLIP
   config.prompts = (arg.prompt,) if arg.prompt else (
-      "a red circle moving left on a black background",)
-  config.noise_levels = (0.8,)
+      "a red circle standing still on a black background",)
+  config.noise_levels = (0.9,)
   config.finetune = finetune.finetune_config(
       alpha=0.35, steps=4 if arg.runlocal else 150, batch_size=1,
       stages=("base", "tsr", "ssr") if arg.runlocal else ("base",),

@@ -13,6 +13,7 @@ from typing import Any
 import ml_collections
 
 from dreamix_jax.diffusion import sampling
+from dreamix_jax.models import unet as unet_lib
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
@@ -52,12 +53,12 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
 def stage(kind: str, frames: int, height: int, width: int, fps: float, *, factor: int = 1,
           unet: dict, sampler: dict, cond_aug_t: float = 0.0, cond_aug_max_t: float = 0.0,
           chunk_frames: int = 0, finetune: bool = True) -> ml_collections.ConfigDict:
-  """One stage's ConfigDict (fields of `dreamix_jax.cascade.Stage`). The sampler dict holds every
-  `SamplerConfig` field (defaults filled in), so each can be set from the command line (but for
-  None-valued ones, which ml_collections cannot override there: set those in the config file)."""
+  """One stage's ConfigDict (fields of `dreamix_jax.cascade.Stage`). The unet and sampler dicts hold
+  every `UNetConfig` / `SamplerConfig` field (defaults filled in; `conditional` follows `kind`), so
+  each can be set from the command line (but for None-valued ones, which ml_collections cannot
+  override there: set those in the config file)."""
   sampler = {**dataclasses.asdict(sampling.SamplerConfig()), **sampler}
-  unet = dict(unet)
-  unet.setdefault("conditional", kind != "base")
+  unet = {**dataclasses.asdict(unet_lib.UNetConfig()), "conditional": kind != "base", **unet}
   return ml_collections.ConfigDict(dict(
       kind=kind, frames=frames, height=height, width=width, fps=fps, factor=factor, unet=unet,
       sampler=dict(sampler), cond_aug_t=cond_aug_t, cond_aug_max_t=cond_aug_max_t,

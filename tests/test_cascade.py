@@ -1,5 +1,6 @@
 """Cascade: resize ops, stage validation, paper-scale sizes, tiny cascade sampling with chunking."""
 
+import dataclasses
 import importlib.util
 import pathlib
 
@@ -9,6 +10,8 @@ import numpy as np
 import pytest
 
 from dreamix_jax import cascade as cascade_lib
+from dreamix_jax.diffusion import sampling
+from dreamix_jax.models import unet
 from dreamix_jax.tools import summary
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -62,6 +65,22 @@ def test_tiny_variants_keep_the_stage_structure():
     tiny = cascade_lib.Cascade.from_config(load_config(path, "tiny"))
     assert [(s.name, s.kind, s.factor) for s in tiny.stages] == \
            [(s.name, s.kind, s.factor) for s in full.stages]
+
+
+def test_every_unet_and_sampler_field_can_be_set_on_every_stage():
+  """The stage dicts carry every UNetConfig/SamplerConfig field (a cascade file names only some),
+  so a command-line override such as --config.cascade.stages.base.unet.remat=full reaches the
+  stage; `conditional` follows the stage kind."""
+  cfg = load_config("configs/cascades/shapes.py")
+  for name, stage in cfg.stages.items():
+    assert set(stage.unet) == {f.name for f in dataclasses.fields(unet.UNetConfig)}, name
+    assert set(stage.sampler) == {f.name for f in dataclasses.fields(sampling.SamplerConfig)}, name
+    assert stage.unet.conditional == (stage.kind != "base"), name
+  cfg.stages.base.unet.remat = "full"
+  cfg.stages.tsr.sampler.eta = 0.5
+  cascade = cascade_lib.Cascade.from_config(cfg)
+  assert cascade.stage("base").unet.remat == "full"
+  assert cascade.stage("tsr").sampler.eta == 0.5
 
 
 def test_cascade_validation_errors():

@@ -55,7 +55,7 @@ def test_demo_edit_cli_on_the_shipped_cascade(tmp_path):
              and f.name != "finetuned_cascade"]
   assert len(folders) == 1
   meta = check_outputs(folders[0], 32, 48, 80, with_input=True)
-  assert meta["prompt"] == "a red circle moving left on a black background"
+  assert meta["prompt"] == "a red circle standing still on a black background"
   assert meta["checkpoint"] == str(ROOT / "checkpoints" / "shapes")
   assert sorted(meta["timings"]) == ["finetune_base", "load", "read_input", "sample_base",
                                      "sample_ssr", "sample_tsr"]

@@ -9,6 +9,7 @@
   python -m dreamix_jax.main --config=configs/eval.py:benchmark=text2video,upto=base --workdir=/tmp/t2v
   python -m dreamix_jax.main --config=configs/eval.py:benchmark=classifier --workdir=/tmp/clf
   python -m dreamix_jax.main --config=configs/eval.py:benchmark=drift --workdir=/tmp/drift
+  python -m dreamix_jax.main --config=configs/eval.py:benchmark=caption_fit --workdir=/tmp/fit
 
 `outputs`: scores every result folder under it into `<workdir>/scores.csv` and `scores.md` (temporal
 distance always; CLIP score with `clip_dir`, a local Hugging Face CLIP; temporal LPIPS with
@@ -33,6 +34,10 @@ classifier_clips.csv): whether the model uses each caption word at all, from for
 `benchmark=drift`: for each motion word, how far the base stage's prediction from pure noise (the
 caption's mean video) moves from the first to the last quarter of the clip, against the world's
 own mean video (drift.csv/.md; seconds).
+`benchmark=caption_fit`: for each of `caption_fit.attributes`, a copy of the base stage trained on
+four clips that differ only in that attribute, from pure noise (`caption_fit.steps` Adam steps):
+every `report_every` steps, how many of the four captions' predictions are nearest their own clip
+(caption_fit.csv/.md): can the weights tie the words to the video, and how fast.
 """
 
 from configs import common
@@ -67,6 +72,9 @@ def get_config(arg=None):
   config.drift = dict(object="a red circle standing still on a black background",
                       logsnrs=(-10.0, -6.0), num_noise=2 if arg.runlocal else 16,
                       num_clips=8 if arg.runlocal else 200)
+  # Four clips differing in one attribute, memorised from pure noise by a copy of the base stage.
+  config.caption_fit = dict(attributes=("color", "motion"), steps=2 if arg.runlocal else 150,
+                            learning_rate=1e-3, report_every=1 if arg.runlocal else 25)
   config.alphas = dict(sweep.PAPER_ALPHAS)
   # As configs/edit.py: the finetuned methods tune the base stage alone, batch 1 (tuning tsr and ssr
   # too would take ~30 min per clip and method on a 2-core CPU).

@@ -5,6 +5,7 @@
   python -m dreamix_jax.main --config=configs/eval.py:benchmark=text2video --workdir=/tmp/t2v_eval
   python -m dreamix_jax.main --config=configs/eval.py:benchmark=classifier --workdir=/tmp/clf
   python -m dreamix_jax.main --config=configs/eval.py:benchmark=drift --workdir=/tmp/drift
+  python -m dreamix_jax.main --config=configs/eval.py:benchmark=caption_fit --workdir=/tmp/fit
 
 Scoring (`config.outputs`): every result folder below the directory (one holding meta.json and
 output.mp4, as every sampling job writes) gets a row of `scores.csv` / `scores.md` in the workdir:
@@ -23,7 +24,9 @@ text2video_samples.csv, text2video_confusion_<attribute>.csv/.md and text2video_
 `"classifier"`, the base stage's denoiser as a zero-shot classifier of each caption attribute on
 test clips (`evaluate.caption_classifier`; writes classifier.csv/.md and classifier_clips.csv);
 `"drift"`, whether the base stage's prediction from pure noise (the caption's mean video) moves the
-way each motion word says, against the world's own mean (`evaluate.mean_drift`; drift.csv/.md).
+way each motion word says, against the world's own mean (`evaluate.mean_drift`; drift.csv/.md);
+`"caption_fit"`, how fast a copy of the base stage learns to tie four captions that differ in one
+attribute to their four clips from pure noise (`evaluate.caption_fit`; caption_fit.csv/.md).
 """
 
 from __future__ import annotations
@@ -37,13 +40,13 @@ from absl import logging
 
 from dreamix_jax.data import shapes
 from dreamix_jax.data import video as video_io
-from dreamix_jax.evaluate import (ablation, caption_classifier, mean_drift, probe, report,
-                                  scoring, text2video)
+from dreamix_jax.evaluate import (ablation, caption_classifier, caption_fit, mean_drift, probe,
+                                  report, scoring, text2video)
 from dreamix_jax.evaluate import clip as clip_lib
 from dreamix_jax.evaluate import lpips as lpips_lib
 from dreamix_jax.jobs import common
 
-BENCHMARKS = ("shapes", "text2video", "classifier", "drift")
+BENCHMARKS = ("shapes", "text2video", "classifier", "drift", "caption_fit")
 # The leading columns of scores.csv (the score columns follow, in first-seen order).
 ID_COLUMNS = ("folder", "prompt", "job", "setting", "s")
 
@@ -68,8 +71,8 @@ def run_benchmark(config, workdir: str) -> dict[str, str]:
     raise ValueError(f"Unknown benchmark {config.benchmark!r}; use one of {BENCHMARKS}.")
   timer = common.Timer()
   upto = {"text2video": config.text2video.upto, "shapes": config.ablation.upto,
-          "classifier": config.cascade.order[0], "drift": config.cascade.order[0]
-          }[config.benchmark]
+          "classifier": config.cascade.order[0], "drift": config.cascade.order[0],
+          "caption_fit": config.cascade.order[0]}[config.benchmark]
   with timer("load"):
     cascade, params = common.load_cascade(config, upto=upto)
     embedder = common.make_embedder(config, cascade)
@@ -82,6 +85,9 @@ def run_benchmark(config, workdir: str) -> dict[str, str]:
   elif config.benchmark == "drift":
     rows = mean_drift.run_benchmark(cascade, params, embedder, config, workdir, timer)
     paths = mean_drift.write_results(workdir, rows)
+  elif config.benchmark == "caption_fit":
+    rows = caption_fit.run_benchmark(cascade, params, embedder, config, workdir, timer)
+    paths = caption_fit.write_results(workdir, rows)
   else:
     rows = ablation.run_benchmark(cascade, params, embedder, config, workdir, timer)
     paths = ablation.write_results(workdir, rows)

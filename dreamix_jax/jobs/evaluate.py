@@ -70,9 +70,8 @@ def run_benchmark(config, workdir: str) -> dict[str, str]:
   if config.benchmark not in BENCHMARKS:
     raise ValueError(f"Unknown benchmark {config.benchmark!r}; use one of {BENCHMARKS}.")
   timer = common.Timer()
-  upto = {"text2video": config.text2video.upto, "shapes": config.ablation.upto,
-          "classifier": config.cascade.order[0], "drift": config.cascade.order[0],
-          "caption_fit": config.cascade.order[0]}[config.benchmark]
+  upto = {"text2video": config.text2video.upto, "shapes": config.ablation.upto}.get(
+      config.benchmark, config.cascade.order[0])  # the others read the base stage alone
   with timer("load"):
     cascade, params = common.load_cascade(config, upto=upto)
     embedder = common.make_embedder(config, cascade)

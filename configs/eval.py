@@ -33,7 +33,9 @@ stage's denoising error prefers among those changing one attribute (classifier.c
 classifier_clips.csv): whether the model uses each caption word at all, from forward passes only.
 `benchmark=drift`: for each motion word, how far the base stage's prediction from pure noise (the
 caption's mean video) moves from the first to the last quarter of the clip, against the world's
-own mean video (drift.csv/.md; seconds).
+own mean video (drift.csv/.md; seconds). With `drift.num_samples` > 0 (minutes on a CPU), also
+whether that drift would set the samples' motion: the guided sampler started where its first step
+would land if the base predicted each caption's mean, against samples from pure noise.
 `benchmark=caption_fit`: for each of `caption_fit.attributes`, a copy of the base stage trained on
 four clips that differ only in that attribute, from pure noise (`caption_fit.steps` Adam steps):
 every `report_every` steps, how many of the four captions' predictions are nearest their own clip
@@ -68,10 +70,10 @@ def get_config(arg=None):
   config.classifier = dict(num_clips=2 if arg.runlocal else 32, data_seed=0,
                            logsnrs=(-6.0, -4.0, -2.0, 0.0, 2.0))
   # Log-SNRs where the input is (nearly) pure noise; 16 draws per caption; 200 rendered clips per
-  # motion for the world's mean.
+  # motion for the world's mean; num_samples per motion sampled from the mean start (0: none).
   config.drift = dict(object="a red circle standing still on a black background",
                       logsnrs=(-10.0, -6.0), num_noise=2 if arg.runlocal else 16,
-                      num_clips=8 if arg.runlocal else 200)
+                      num_clips=8 if arg.runlocal else 200, num_samples=0)
   # Four clips differing in one attribute, memorised from pure noise by a copy of the base stage.
   config.caption_fit = dict(attributes=("color", "motion"), steps=2 if arg.runlocal else 150,
                             learning_rate=1e-3, report_every=1 if arg.runlocal else 25)

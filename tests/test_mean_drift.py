@@ -3,6 +3,7 @@ their motion says, an oracle denoiser that predicts that mean reproduces the dri
 model path, a denoiser that ignores time gives none, and the eval job end to end."""
 
 import csv
+import dataclasses
 
 import jax.numpy as jnp
 import numpy as np
@@ -88,6 +89,45 @@ def test_centroid_drift_of_a_moving_square_and_errors():
     mean_drift.centroid_drift(video[:3], "black")
 
 
+def test_guided_start_amplifies_each_caption_away_from_the_object_mean(world_means):
+  starts = mean_drift.guided_start(world_means, 3.0)
+  average = np.mean(list(world_means.values()), axis=0)
+  np.testing.assert_allclose(np.mean(list(starts.values()), axis=0), average, atol=1e-5)
+  for m in shapes.MOTIONS:
+    np.testing.assert_allclose(starts[m] - average, 4.0 * (world_means[m] - average), atol=1e-5)
+  dx, dy = mean_drift.centroid_drift(starts["right"], "black")
+  assert dx > 2 and abs(dy) < 0.5  # still a smear drifting right
+
+
+def test_direction_from_mean_starts_from_the_noised_mean_and_scores_the_probe(world_means):
+  """A fake sampler that obeys the caption when started from the mean and gives still clips from
+  pure noise: shares 1 and 0 (still: 1 and 1); and it is handed z = α x̂0 + σ ε at t(λ)."""
+  schedule, lam, calls = schedules.CosineLogSNR(), -6.0, []
+  rng = np.random.default_rng(0)
+
+  def sample(text, mask, z_start, t_start):
+    calls.append((z_start, t_start))
+    motions = [shapes.MOTIONS[int(np.argmax(t[0]))] for t in text]
+    if z_start is None:
+      motions = ["still"] * len(motions)
+    clips = [dataclasses.replace(shapes.sample_attributes(rng), shape="circle", color="red",
+                                 background="black", motion=m, x=40.0, y=24.0, size=10.0,
+                                 speed=0.0 if m == "still" else 0.5) for m in motions]
+    return shapes.render_batch(clips, *SHAPE)
+
+  shares = mean_drift.direction_from_mean(sample, _Embedder(), object_caption=OBJECT,
+                                          starts=world_means, schedule=schedule, start_logsnr=lam,
+                                          num_samples=3, seed=0)
+  assert shares == {m: (1.0, 1.0 if m == "still" else 0.0) for m in shapes.MOTIONS}
+  (z, t_start), (none, _) = calls
+  assert none is None
+  assert t_start == pytest.approx(float(schedule.t_from_logsnr(lam)))
+  alpha, sigma = (float(v) for v in schedules.alpha_sigma(lam))
+  x0 = np.repeat(np.stack([world_means[m] for m in shapes.MOTIONS]), 3, 0)
+  noise = (np.asarray(z) - alpha * x0) / sigma
+  assert abs(noise.mean()) < 0.01 and noise.std() == pytest.approx(1.0, abs=0.01)
+
+
 def test_drift_benchmark_runlocal(tmp_path):
   config = load("configs/eval.py:benchmark=drift,runlocal")
   paths = evaluate.run(config, str(tmp_path))
@@ -97,6 +137,14 @@ def test_drift_benchmark_runlocal(tmp_path):
   assert set(rows[0]) == {"motion", "data_dx", "data_dy", "still_mean_cost", "model_dx_at_-10",
                           "model_dy_at_-10", "model_dx_at_-6", "model_dy_at_-6"}
   assert float(rows[1]["data_dx"]) > 0 > float(rows[0]["data_dx"])  # right, left
+  # With samples from the mean start: two more columns, shares of the samples.
+  config = load("configs/eval.py:benchmark=drift,runlocal")
+  with config.unlocked():
+    config.drift.num_samples = 1
+  with open(evaluate.run(config, str(tmp_path / "samples"))["table_csv"]) as f:
+    rows = list(csv.DictReader(f))
+  for r in rows:
+    assert {float(r["from_mean_motion_right"]), float(r["from_noise_motion_right"])} <= {0.0, 1.0}
   bad = load("configs/eval.py:benchmark=drift,runlocal")
   with bad.unlocked():
     bad.drift.logsnrs = ()

@@ -18,8 +18,14 @@ It also reports how much the loss asks for that drift (`still_mean_cost`): the e
 a still smear over the drifting mean, as a share of the mean's own error — a few percent here,
 which is why pretraining learns the motion words so much later than colors.
 
+With `num_samples` > 0 it also asks whether learning that drift would be enough for the samples
+to move the caption's way (`direction_from_mean`): the guided sampler is started at the log-SNR of
+its second step from where its first step would have put it if the base predicted every caption's
+mean from pure noise, and the probe reads the samples' motion, against samples from pure noise.
+
 Files: `drift.csv` / `.md` (one row per motion: data dx, dy and still-mean cost; model dx, dy per
-log-SNR; pixels of the stage's frame).
+log-SNR; pixels of the stage's frame; with `num_samples`, the share of samples that move the
+caption's way from the mean start and from pure noise).
 """
 
 from __future__ import annotations
@@ -33,8 +39,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dreamix_jax.data import shapes
-from dreamix_jax.diffusion import schedules
-from dreamix_jax.evaluate import report
+from dreamix_jax.diffusion import sampling, schedules
+from dreamix_jax.evaluate import probe, report
 from dreamix_jax.models import unet
 
 Denoise = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
@@ -119,6 +125,44 @@ def measure(denoise: Denoise, embedder, *, shape: tuple[int, int, int],
   return rows
 
 
+def guided_start(means: dict[str, np.ndarray], guidance: float) -> dict[str, np.ndarray]:
+  """The x̂0 a guided sampler's first step makes of a base that predicts every caption's mean video
+  from pure noise: m_c + w (m_c − m̄), with m̄ the mean over the motions (the object's mean
+  whatever its motion, standing in for the unconditional prediction). means: motion -> (T, H, W, 3)."""
+  unconditional = np.mean(list(means.values()), axis=0)
+  return {m: v + guidance * (v - unconditional) for m, v in means.items()}
+
+
+def direction_from_mean(sample: Callable, embedder, *, object_caption: shapes.Attributes,
+                        starts: dict[str, np.ndarray], schedule: schedules.CosineLogSNR,
+                        start_logsnr: float, num_samples: int, seed: int) -> dict[str, tuple]:
+  """Would the caption's mean at pure noise set the sample's motion? For each motion,
+  `num_samples` samples started at `start_logsnr` from z = α x̂0 + σ ε with x̂0 = `starts[motion]`
+  (e.g. `guided_start`), and as many from pure noise, both with the caption; the probe reads
+  their motion.
+
+  `sample(text (N, L, D), mask (N, L), z_start (N, T, H, W, 3) or None, t_start) -> (N, T, H, W, 3)`
+  (None: from pure noise). Returns motion -> (share of the mean-started samples whose motion is
+  the caption's, the same share from pure noise).
+  """
+  motions = list(starts)
+  captions = [shapes.caption(dataclasses.replace(object_caption, motion=m)) for m in motions]
+  text, mask = embedder(captions)
+  text, mask = np.repeat(text, num_samples, 0), np.repeat(mask, num_samples, 0)
+  x0 = np.repeat(np.stack([starts[m] for m in motions]), num_samples, 0)
+  lam = jnp.full((x0.shape[0],), start_logsnr, jnp.float32)
+  eps = jax.random.normal(jax.random.PRNGKey(seed), x0.shape)
+  z = schedules.diffuse(jnp.asarray(x0), eps, lam)
+  t_start = float(schedule.t_from_logsnr(start_logsnr))
+  want = np.repeat(motions, num_samples)
+  shares = []
+  for z_start in (z, None):
+    read = [r.motion for r in probe.probe_batch(np.asarray(sample(text, mask, z_start, t_start)))]
+    right = np.asarray(read) == want
+    shares.append({m: float(right[want == m].mean()) for m in motions})
+  return {m: (shares[0][m], shares[1][m]) for m in motions}
+
+
 @functools.lru_cache(maxsize=None)
 def _compiled_denoise(unet_config: unet.UNetConfig):
   _, apply = unet.make_denoiser(unet_config)
@@ -141,11 +185,34 @@ def run_benchmark(cascade, params, embedder, config, workdir: str, timer) -> lis
     raise ValueError(f"The drift benchmark needs a base stage first; {base.name!r} is {base.kind}.")
   apply = _compiled_denoise(base.unet)
   denoise = functools.partial(apply, params[base.name])
+  target = shapes.parse_caption(cfg.object)
   with timer("drift"):
-    return measure(denoise, embedder, shape=base.shape,
-                   object_caption=shapes.parse_caption(cfg.object),
+    rows = measure(denoise, embedder, shape=base.shape, object_caption=target,
                    logsnrs=tuple(float(l) for l in cfg.logsnrs), num_noise=cfg.num_noise,
                    num_clips=cfg.num_clips, seed=config.seed)
+  if cfg.num_samples < 1:
+    return rows
+  means = {m: world_clips(dataclasses.replace(target, motion=m), base.shape, cfg.num_clips,
+                          config.seed).mean(axis=0) for m in shapes.MOTIONS}
+  guidance = float(base.sampler.guidance_weights()[0])
+  # The sampler's first step goes from pure noise to the log-SNR of its second step.
+  start_logsnr = float(cascade.schedule.logsnr(sampling.step_times(base.sampler.num_steps)[1]))
+
+  def sample(text, mask, z_start, t_start):
+    rng = jax.random.PRNGKey(config.seed + 1)
+    if z_start is None:
+      return cascade.sample_stage(base, params[base.name], text, mask, rng)
+    return cascade.sample_stage(base, params[base.name], text, mask, rng, z_start=z_start,
+                                t_start=t_start)
+
+  with timer("direction_from_mean"):
+    shares = direction_from_mean(sample, embedder, object_caption=target,
+                                 starts=guided_start(means, guidance), schedule=cascade.schedule,
+                                 start_logsnr=start_logsnr, num_samples=cfg.num_samples,
+                                 seed=config.seed)
+  for row in rows:
+    row["from_mean_motion_right"], row["from_noise_motion_right"] = shares[row["motion"]]
+  return rows
 
 
 def write_results(workdir: str, rows: Sequence[dict]) -> dict[str, str]:

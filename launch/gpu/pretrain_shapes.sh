@@ -21,9 +21,9 @@
 # At the end of the budget the job gets SIGTERM, saves its state and exits 75. Outputs, in $OUT
 # (default /tmp/shapes_out; seven files): <stage>.safetensors + cascade.json (the EMA parameters:
 # copy them into checkpoints/shapes/), pretrain_<stage>.log, and for the base stage the caption-mean
-# drift table with 8 samples per motion from the mean start (drift.md), the caption-classifier table on CLIPS test clips (classifier.md) and the
-# text-to-video table and grid of the base stage alone on CAPTIONS test captions (text2video.md,
-# text2video_grid.png).
+# drift table with 8 samples per motion from the mean start (drift.md), the caption-classifier
+# table on CLIPS test clips (classifier.md) and the text-to-video table and grid of the base stage
+# alone on CAPTIONS test captions (text2video.md, text2video_grid.png).
 set -euo pipefail
 minutes=${1:-7}
 stage=${2:-base}
@@ -62,7 +62,8 @@ cp "$workdir/cascade/$stage.safetensors" "$workdir/cascade/cascade.json" "$out/"
 if [[ $stage == base ]]; then
   python3 -m dreamix_jax.main --config=configs/eval.py:benchmark=drift \
     --workdir="$workdir/drift" --config.checkpoint="$workdir/cascade" "${cascade_flags[@]}" \
-    --config.drift.num_samples=8 > "$workdir/drift.log" 2>&1 || { tail -40 "$workdir/drift.log"; exit 1; }
+    --config.drift.num_samples=8 > "$workdir/drift.log" 2>&1 \
+    || { tail -40 "$workdir/drift.log"; exit 1; }
   python3 -m dreamix_jax.main --config=configs/eval.py:benchmark=classifier \
     --workdir="$workdir/classifier" --config.checkpoint="$workdir/cascade" "${cascade_flags[@]}" \
     --config.classifier.num_clips="$clips" > "$workdir/classifier.log" 2>&1 \

@@ -41,19 +41,20 @@ class StageLoss:
   train: bool = True
   logsnr_shift: float = 0.0
 
-  def noise(self, batch: dict, rng, logsnr=None) -> dict:
+  def noise(self, batch: dict, rng, logsnr_range=None) -> dict:
     """{z, logsnr, video, eps, text, text_mask, temporal_mask[, cond, cond_logsnr]}: the batch
-    noised to per-example (videos) or per-frame (frame sets) log-SNRs drawn from the schedule, or
-    to the given per-example `logsnr` (B,)."""
+    noised to per-example (videos) or per-frame (frame sets) log-SNRs drawn from the schedule, or,
+    with `logsnr_range` (low, high), to one log-SNR per example drawn uniformly from it."""
     video = batch["video"]
     b, t = video.shape[:2]
     k_lam, k_noise, k_aug, _ = jax.random.split(rng, 4)
-    if logsnr is None:
+    if logsnr_range is None:
       lam = objectives.sample_logsnr(k_lam, (b, t), self.schedule, shift=self.logsnr_shift)
       per_frame = batch["temporal_mask"].astype(bool)[:, None]
       lam = jnp.where(per_frame, lam, lam[:, :1])
     else:
-      lam = jnp.broadcast_to(jnp.asarray(logsnr, video.dtype)[:, None], (b, t))
+      lam = jax.random.uniform(k_lam, (b, 1), minval=logsnr_range[0], maxval=logsnr_range[1])
+      lam = jnp.broadcast_to(lam, (b, t))
     eps = jax.random.normal(k_noise, video.shape, video.dtype)
     out = dict(z=schedules.diffuse(video, eps, lam), logsnr=lam, video=video, eps=eps,
                text=batch["text"], text_mask=batch["text_mask"],
@@ -206,15 +207,10 @@ class CaptionContrast:
       raise ValueError(f"Caption contrast log-SNR range [{self.logsnr_min}, {self.logsnr_max}] "
                        "is empty.")
 
-  def contrast_logsnr(self, batch: dict, rng):
-    """(B,) log-SNRs of the contrast examples for the key `__call__` gets."""
-    return jax.random.uniform(jax.random.split(rng)[1], batch["video"].shape[:1],
-                              minval=self.logsnr_min, maxval=self.logsnr_max)
-
   def __call__(self, params, batch: dict, rng):
     k_denoise, k_contrast = jax.random.split(rng)
     denoise = self.loss(params, batch, k_denoise).mean()
-    noised = self.loss.noise(batch, k_contrast, self.contrast_logsnr(batch, rng))
+    noised = self.loss.noise(batch, k_contrast, (self.logsnr_min, self.logsnr_max))
     err = self.loss.score(self.loss.denoise(params, noised, k_contrast), noised)
     counter = dict(noised, text=batch["contrast_text"], text_mask=batch["contrast_text_mask"])
     err_counter = self.loss.score(self.loss.denoise(params, counter, k_contrast), noised)

@@ -211,7 +211,10 @@ def run(config, workdir: str):
   embedder = common.make_embedder(config, cascade)
   _, apply = unet.make_denoiser(stage.unet)
   loss_fn = losses.make_stage_loss(apply, stage, cascade.schedule, weighting=config.weighting,
-                                   logsnr_shift=config.logsnr_shift)
+                                   logsnr_shift=config.logsnr_shift,
+                                   context_share=config.context_frame.share,
+                                   context_logsnr=(config.context_frame.logsnr_min,
+                                                   config.context_frame.logsnr_max))
 
   if config.contrast.attribute:
     if config.contrast.attribute not in shapes.VOCABULARIES:

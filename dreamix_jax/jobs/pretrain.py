@@ -7,7 +7,9 @@ a *set of images* — the frames of one clip in random order, with the identity 
 noise level per frame — the rest are ordinary videos. Captions are dropped (null embedding) with
 probability `text_dropout` so the stage supports classifier-free guidance. With
 `contrast.attribute` (base stage, moving-shapes captions) each batch also carries every caption with
-that attribute changed, for the caption-contrast hinge (`train.losses.CaptionContrast`).
+that attribute changed, for the caption-contrast hinge (`train.losses.CaptionContrast`). With
+`context_frame.share` > 0 that share of the videos has one frame nearly clean (context frames,
+`train.losses.StageLoss`).
 
 Data: `data.source = "moving_shapes"` renders clips on the fly (deterministic by seed; clip i of the
 train split is the same as in the TFDS `moving_shapes` builder), `"tfds"` reads a prepared TFDS

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from dreamix_jax import cascade as cascade_lib
 from dreamix_jax.diffusion import sampling
-from dreamix_jax.models import unet
+from dreamix_jax.backbones import unet
 
 COLUMNS = ("config", "steps", "guided", "loop_s", "call_s", "steps_x_call_s", "overhead_pct",
            "recompiles")

@@ -27,14 +27,14 @@ import flax.traverse_util
 import numpy as np
 import safetensors.numpy
 
-from dreamix_jax.models import t5
-from dreamix_jax.models import t5_weights
+from dreamix_jax.text import t5
+from dreamix_jax.text import t5_weights
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoint directory (default: a new temp dir).")
 _NUM_LAYERS = flags.DEFINE_integer("num_layers", 16, "Encoder layers (large dims; 16 = ~1 GB).")
 
 _PRELUDE = ("import jax, jax.numpy as jnp, numpy as np, safetensors.numpy;"
-            "from dreamix_jax.models import t5_weights;")
+            "from dreamix_jax.text import t5_weights;")
 _PROGRAMS = {
     "baseline": "jnp.zeros(1).block_until_ready()",
     "streaming": "p = t5_weights.load_t5_params({dir!r}); jax.block_until_ready(p)",

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from dreamix_jax.diffusion import sampling
-from dreamix_jax.models import unet
+from dreamix_jax.backbones import unet
 from dreamix_jax.train import losses
 from dreamix_jax.train import state as state_lib
 

@@ -24,7 +24,7 @@ import ml_collections
 
 from dreamix_jax import parallel
 from dreamix_jax.diffusion import objectives, sampling, schedules
-from dreamix_jax.models import unet
+from dreamix_jax.backbones import unet
 
 KINDS = ("base", "tsr", "ssr")
 

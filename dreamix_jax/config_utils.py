@@ -13,7 +13,7 @@ from typing import Any
 import ml_collections
 
 from dreamix_jax.diffusion import sampling
-from dreamix_jax.models import unet as unet_lib
+from dreamix_jax.backbones import unet as unet_lib
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:

@@ -1,4 +1,4 @@
-"""The caption classifier (`evaluate.caption_classifier`): candidates, paired noise, the U-Net's
+"""The caption classifier (`research.caption_classifier`): candidates, paired noise, the U-Net's
 errors against a direct computation, scoring with a denoiser whose preferences are known, and the
 eval job end to end on the tiny random cascade."""
 
@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamix_jax.data import shapes
+from dreamix_jax.shapes import world as shapes
 from dreamix_jax.diffusion import schedules
-from dreamix_jax.evaluate import caption_classifier as cc
+from dreamix_jax.research import caption_classifier as cc
 from dreamix_jax.jobs import common, evaluate
-from dreamix_jax.models import unet
+from dreamix_jax.backbones import unet
 from config_loading import load
 from param_utils import randomise
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from dreamix_jax import cascade as cascade_lib
-from dreamix_jax.data import pipeline, shapes
+from dreamix_jax.data import pipeline
+from dreamix_jax.shapes import world as shapes
 from dreamix_jax.diffusion import schedules
 from dreamix_jax.jobs import common, pretrain
 from dreamix_jax.train import losses

@@ -1,4 +1,4 @@
-"""The caption-fit benchmark (`evaluate.caption_fit`): its clips differ in one attribute only,
+"""The caption-fit benchmark (`research.caption_fit`): its clips differ in one attribute only,
 `matched` cannot exceed one when the captions are indistinguishable and reaches four when they are
 not, and the eval job end to end."""
 
@@ -11,10 +11,11 @@ import pytest
 
 from configs.cascades import shapes as shapes_cfg
 from dreamix_jax import cascade as cascade_lib
-from dreamix_jax.data import shapes
-from dreamix_jax.evaluate import caption_fit, probe
+from dreamix_jax.shapes import world as shapes
+from dreamix_jax.research import caption_fit
+from dreamix_jax.shapes import probe
 from dreamix_jax.jobs import evaluate
-from dreamix_jax.models import unet
+from dreamix_jax.backbones import unet
 from config_loading import load
 
 SHAPE = (8, 24, 40)

@@ -11,7 +11,7 @@ import pytest
 
 from dreamix_jax import cascade as cascade_lib
 from dreamix_jax.diffusion import sampling
-from dreamix_jax.models import unet
+from dreamix_jax.backbones import unet
 from dreamix_jax.tools import summary
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

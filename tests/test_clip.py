@@ -10,8 +10,8 @@ from PIL import Image
 import torch
 import transformers
 
-from dreamix_jax.evaluate import clip
-from dreamix_jax.evaluate import frames
+from dreamix_jax.metrics import clip
+from dreamix_jax.metrics import frames
 
 IMAGE_SIZE = 32
 MAX_TOKENS = 16

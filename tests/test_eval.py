@@ -8,8 +8,12 @@ import pathlib
 import numpy as np
 import pytest
 
-from dreamix_jax.data import shapes, tfds_builders
-from dreamix_jax.evaluate import ablation, report, scoring, text2video
+from dreamix_jax.data import tfds_builders
+from dreamix_jax.shapes import world as shapes
+from dreamix_jax.shapes import ablation
+from dreamix_jax.data import report
+from dreamix_jax.shapes import scoring
+from dreamix_jax.shapes import text2video
 from dreamix_jax.jobs import common, evaluate
 from config_loading import load
 

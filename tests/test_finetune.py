@@ -11,7 +11,7 @@ import pytest
 
 from dreamix_jax import cascade as cascade_lib
 from dreamix_jax.dreamix import corrupt, finetune
-from dreamix_jax.models import unet
+from dreamix_jax.backbones import unet
 from dreamix_jax.train import loop as loop_lib, losses, state as state_lib
 from param_utils import randomise
 

@@ -17,8 +17,8 @@ import safetensors.numpy
 import torch
 from torch import nn
 
-from dreamix_jax.evaluate import frames
-from dreamix_jax.evaluate import lpips
+from dreamix_jax.metrics import frames
+from dreamix_jax.metrics import lpips
 from dreamix_jax.tools import convert_lpips
 
 _VGG_LAYOUT = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512,

@@ -18,10 +18,10 @@ import safetensors.numpy
 import torch
 import transformers
 
-from dreamix_jax.data import shapes
-from dreamix_jax.models import t5
-from dreamix_jax.models import t5_weights
-from dreamix_jax.models import text_encoder
+from dreamix_jax.shapes import world as shapes
+from dreamix_jax.text import t5
+from dreamix_jax.text import t5_weights
+from dreamix_jax.text import text_encoder
 from dreamix_jax.tools import make_tiny_t5
 
 MAX_LENGTH = 16

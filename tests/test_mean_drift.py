@@ -1,4 +1,4 @@
-"""The caption-mean drift benchmark (`evaluate.mean_drift`): the world's mean clips drift the way
+"""The caption-mean drift benchmark (`research.mean_drift`): the world's mean clips drift the way
 their motion says, an oracle denoiser that predicts that mean reproduces the drift through the
 model path, a denoiser that ignores time gives none, and the eval job end to end."""
 
@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamix_jax.data import shapes
+from dreamix_jax.shapes import world as shapes
 from dreamix_jax.diffusion import schedules
-from dreamix_jax.evaluate import mean_drift
+from dreamix_jax.research import mean_drift
 from dreamix_jax.jobs import evaluate
 from config_loading import load
 

@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 
 from dreamix_jax import cascade as cascade_lib, parallel
 from dreamix_jax.dreamix import finetune
-from dreamix_jax.models import unet
+from dreamix_jax.backbones import unet
 from dreamix_jax.train import checkpoints, loop as loop_lib, losses, state as state_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -5,9 +5,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from dreamix_jax.data import shapes
+from dreamix_jax.shapes import world as shapes
 from dreamix_jax.data import tfds_builders
-from dreamix_jax.evaluate import probe
+from dreamix_jax.shapes import probe
 
 _NUM_CLIPS = 300
 _CHUNK = 50

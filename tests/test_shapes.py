@@ -12,7 +12,7 @@ import tensorflow_datasets as tfds
 
 from dreamix_jax.data import outputs
 from dreamix_jax.data import pipeline
-from dreamix_jax.data import shapes
+from dreamix_jax.shapes import world as shapes
 from dreamix_jax.data import tfds_builders
 from dreamix_jax.data import video as video_io
 

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from dreamix_jax.models import t5
-from dreamix_jax.models import t5_weights
-from dreamix_jax.models import text_encoder
+from dreamix_jax.text import t5
+from dreamix_jax.text import t5_weights
+from dreamix_jax.text import text_encoder
 from dreamix_jax.tools import encode_prompts
 
 torch = pytest.importorskip("torch")

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamix_jax.models import unet
+from dreamix_jax.backbones import unet
 from param_utils import randomise
 
 B, T, H, W, L, D = 2, 5, 8, 16, 6, 12  # odd frame count on purpose

@@ -1,4 +1,4 @@
-"""The paper-scale cascade (Dreamix App. C.1, sizes from Imagen Video; DESIGN §2.1).
+"""The paper-scale cascade (Dreamix App. C.1, sizes from Imagen Video; docs/design.md, "Stages").
 
 T5-XXL text (4096-d, 128 tokens) → base 16×24×40 @3fps → TSR 2× → SSR 2× → SSR 4× → TSR 2× → TSR 2× →
 SSR 4× (128×768×1280 @24fps). Parameter counts match Imagen Video's table within ±15%:

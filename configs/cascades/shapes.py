@@ -1,4 +1,4 @@
-"""The toy moving-shapes cascade (DESIGN §4): base 16×24×40 → TSR 2× (32×24×40) → SSR 2× (32×48×80).
+"""The toy moving-shapes cascade (docs/design.md, the moving-shapes world): base 16×24×40 → TSR 2× (32×24×40) → SSR 2× (32×48×80).
 
 `get_config()` is the demo cascade trained on the moving-shapes world; `get_config("tiny")` keeps the
 stage structure at a fraction of the size (tests and `:runlocal` jobs on random weights).

@@ -33,7 +33,8 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
-from dreamix_jax.data import outputs, shapes
+from dreamix_jax.data import outputs
+from dreamix_jax.shapes import world as shapes
 from dreamix_jax.data import video as video_io
 
 _RENDER_CHUNK = 64

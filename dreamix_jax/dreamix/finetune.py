@@ -25,7 +25,7 @@ from absl import logging
 
 from dreamix_jax import cascade as cascade_lib, parallel
 from dreamix_jax.dreamix import corrupt
-from dreamix_jax.models import unet
+from dreamix_jax.backbones import unet
 from dreamix_jax.train import checkpoints, loop as loop_lib, losses, state as state_lib
 
 

@@ -25,7 +25,7 @@ from absl import logging
 from dreamix_jax import cascade as cascade_lib
 from dreamix_jax.diffusion import schedules
 from dreamix_jax.dreamix import finetune
-from dreamix_jax.models import unet
+from dreamix_jax.backbones import unet
 from dreamix_jax.train import loop as loop_lib, losses, state as state_lib
 
 

@@ -13,7 +13,7 @@ from absl import logging
 
 from dreamix_jax import cascade as cascade_lib, parallel
 from dreamix_jax.data import outputs
-from dreamix_jax.models import text_encoder
+from dreamix_jax.text import text_encoder
 from dreamix_jax.train import checkpoints
 
 

@@ -13,20 +13,20 @@ output.mp4, as every sampling job writes) gets a row of `scores.csv` / `scores.m
 - the frame-level CLIP score with the prompt when `config.clip_dir` holds a CLIP model;
 - temporal LPIPS when `config.lpips_weights` is a converted LPIPS file (tools/convert_lpips);
 - when the prompt is a moving-shapes caption, the probe's readings: an edit (the folder has
-  input.mp4) gets alignment, fidelity and success (`evaluate.scoring`; the source's attributes
+  input.mp4) gets alignment, fidelity and success (`shapes.scoring`; the source's attributes
   are probed from input.mp4 unless meta.json names `source_caption`), a text-to-video sample gets
   alignment alone.
 
-Benchmarks: `config.benchmark = "shapes"`, the editing ablation (`evaluate.ablation`; writes
+Benchmarks: `config.benchmark = "shapes"`, the editing ablation (`shapes.ablation`; writes
 ablation.csv/.md, ablation_edits.csv and ablation_success[_kept].png); `"text2video"`, test-split
-captions sampled and read back by the probe (`evaluate.text2video`; writes text2video.csv/.md,
+captions sampled and read back by the probe (`shapes.text2video`; writes text2video.csv/.md,
 text2video_samples.csv, text2video_confusion_<attribute>.csv/.md and text2video_grid.png);
 `"classifier"`, the base stage's denoiser as a zero-shot classifier of each caption attribute on
-test clips (`evaluate.caption_classifier`; writes classifier.csv/.md and classifier_clips.csv);
+test clips (`research.caption_classifier`; writes classifier.csv/.md and classifier_clips.csv);
 `"drift"`, whether the base stage's prediction from pure noise (the caption's mean video) moves the
-way each motion word says, against the world's own mean (`evaluate.mean_drift`; drift.csv/.md);
+way each motion word says, against the world's own mean (`research.mean_drift`; drift.csv/.md);
 `"caption_fit"`, how fast a copy of the base stage learns to tie four captions that differ in one
-attribute to their four clips from pure noise (`evaluate.caption_fit`; caption_fit.csv/.md).
+attribute to their four clips from pure noise (`research.caption_fit`; caption_fit.csv/.md).
 """
 
 from __future__ import annotations
@@ -38,12 +38,11 @@ import os
 import numpy as np
 from absl import logging
 
-from dreamix_jax.data import shapes
-from dreamix_jax.data import video as video_io
-from dreamix_jax.evaluate import (ablation, caption_classifier, caption_fit, mean_drift, probe,
-                                  report, scoring, text2video)
-from dreamix_jax.evaluate import clip as clip_lib
-from dreamix_jax.evaluate import lpips as lpips_lib
+from dreamix_jax.data import report, video as video_io
+from dreamix_jax.research import caption_classifier, caption_fit, mean_drift
+from dreamix_jax.shapes import ablation, probe, scoring, text2video, world as shapes
+from dreamix_jax.metrics import clip as clip_lib
+from dreamix_jax.metrics import lpips as lpips_lib
 from dreamix_jax.jobs import common
 
 BENCHMARKS = ("shapes", "text2video", "classifier", "drift", "caption_fit")

@@ -35,9 +35,10 @@ import numpy as np
 from absl import logging
 
 from dreamix_jax import cascade as cascade_lib, parallel
-from dreamix_jax.data import outputs, pipeline, shapes
+from dreamix_jax.data import outputs, pipeline
+from dreamix_jax.shapes import world as shapes
 from dreamix_jax.jobs import common
-from dreamix_jax.models import unet
+from dreamix_jax.backbones import unet
 from dreamix_jax.train import checkpoints, loop as loop_lib, losses, state as state_lib
 
 

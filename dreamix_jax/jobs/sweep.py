@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from dreamix_jax.data import outputs
 from dreamix_jax.data import video as video_io
 from dreamix_jax.dreamix import corrupt, finetune, finetune_steps
-from dreamix_jax.evaluate import report
+from dreamix_jax.data import report
 from dreamix_jax.jobs import common, edit
 
 NO_FINETUNING = "none"

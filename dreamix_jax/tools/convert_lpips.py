@@ -6,7 +6,7 @@ r"""Converts LPIPS PyTorch weights into one safetensors file, so metrics run wit
 `--backbone` is torchvision's ImageNet `vgg16` or `alexnet` state dict (the net is told apart by
 its first convolution), `--heads` lpips' v0.1 linear heads for the same net. The weights are
 checked against the model before anything is written; load the result with
-`dreamix_jax.evaluate.lpips.LpipsModel.from_safetensors(out)`.
+`dreamix_jax.metrics.lpips.LpipsModel.from_safetensors(out)`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from dreamix_jax.evaluate import lpips
+from dreamix_jax.metrics import lpips
 
 def define_flags():
   """Registers this tool's flags (only when it runs as a program, so importing it defines none)."""

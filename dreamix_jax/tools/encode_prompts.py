@@ -16,7 +16,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from dreamix_jax.models import text_encoder
+from dreamix_jax.text import text_encoder
 
 def define_flags():
   """Registers this tool's flags (only when it runs as a program, so importing it defines none)."""

@@ -16,7 +16,8 @@ import os
 from absl import app
 from absl import flags
 
-from dreamix_jax.data import outputs, shapes
+from dreamix_jax.data import outputs
+from dreamix_jax.shapes import world as shapes
 
 CLIP = shapes.ClipAttributes(shape="circle", color="red", background="black", motion="right",
                              x=18.0, y=24.0, size=14.0, speed=1.2, texture_seed=7)

@@ -3,10 +3,10 @@ r"""Writes the moving-shapes world's text encoder: a tiny, frozen, random T5 v1.
   python -m dreamix_jax.tools.make_tiny_t5 --out=assets/shapes_t5 [--seed=0]
 
 No pretrained T5 can be downloaded here, and the toy cascade needs none: its captions come from a
-grammar of a few dozen words (`dreamix_jax.data.shapes`), and a frozen random transformer keeps
+grammar of a few dozen words (`dreamix_jax.shapes.world`), and a frozen random transformer keeps
 each token's identity, which is all the U-Net's cross-attention needs. The output is an ordinary
-Hugging Face directory, so the project loads it through its real path (`models.t5_weights`,
-`models.text_encoder.t5_embedder`):
+Hugging Face directory, so the project loads it through its real path (`text.t5_weights`,
+`text.text_encoder.t5_embedder`):
 
 - `config.json`: a `transformers` T5 v1.1 config for `T5EncoderModel` (gated-GELU feed-forward).
 - `model.safetensors`: the encoder tensors under their Hugging Face names (float32), drawn with
@@ -40,7 +40,7 @@ from tokenizers import normalizers
 from tokenizers import pre_tokenizers
 from tokenizers import processors
 
-from dreamix_jax.data import shapes
+from dreamix_jax.shapes import world as shapes
 
 
 def define_flags():

@@ -48,7 +48,7 @@ from jax.experimental import topologies  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from dreamix_jax import cascade as cascade_lib, parallel  # noqa: E402
-from dreamix_jax.models import unet  # noqa: E402
+from dreamix_jax.backbones import unet  # noqa: E402
 from dreamix_jax.train import losses, state as state_lib  # noqa: E402
 
 GIB = 1 << 30

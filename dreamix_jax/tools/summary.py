@@ -10,7 +10,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from dreamix_jax import cascade as cascade_lib
-from dreamix_jax.models import unet
+from dreamix_jax.backbones import unet
 
 
 def define_flags():

@@ -98,7 +98,7 @@ class StageLoss:
   def denoise(self, params, noised: dict, rng, *, frames_only: bool = False):
     """v̂ of the U-Net for `noised` (dropout keyed by `rng`'s fourth split). `frames_only`
     (static): every example is a frame set, so the U-Net skips the work its temporal mask would
-    discard (`models.unet.SpaceTimeUNet`); `noised['temporal_mask']` is then not read."""
+    discard (`backbones.unet.SpaceTimeUNet`); `noised['temporal_mask']` is then not read."""
     kwargs = {}
     if self.stage.kind != "base":
       kwargs = dict(cond=noised["cond"], cond_logsnr=noised["cond_logsnr"])

@@ -29,7 +29,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from dreamix_jax.evaluate import frames as frames_lib
+from dreamix_jax.metrics import frames as frames_lib
 
 _PRECISION = jax.lax.Precision.HIGHEST
 # lpips.ScalingLayer: maps [-1, 1] inputs to the trunk's ImageNet normalisation.

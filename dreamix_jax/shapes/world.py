@@ -3,7 +3,7 @@
 One flat-colored object (circle, square or triangle) moves in a straight line over a colored
 background that carries a fine, static, seeded texture which the caption does not mention. The
 caption names the shape, its color, its motion and the background color, so a pixel probe
-(`dreamix_jax.evaluate.probe`) can check whether a generated or edited video matches a prompt,
+(`dreamix_jax.shapes.probe`) can check whether a generated or edited video matches a prompt,
 and whether uncaptioned detail (the texture) survived an edit.
 
 Geometry lives on a reference canvas of `REF_FRAMES × REF_HEIGHT × REF_WIDTH` (32 × 48 × 80, the

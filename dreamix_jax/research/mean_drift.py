@@ -38,10 +38,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dreamix_jax.data import shapes
+from dreamix_jax.shapes import world as shapes
 from dreamix_jax.diffusion import sampling, schedules
-from dreamix_jax.evaluate import probe, report
-from dreamix_jax.models import unet
+from dreamix_jax.shapes import probe
+from dreamix_jax.data import report
+from dreamix_jax.backbones import unet
 
 Denoise = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
 

@@ -35,8 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 import transformers
 
-from dreamix_jax.models import t5
-from dreamix_jax.models import t5_weights
+from dreamix_jax.text import t5
+from dreamix_jax.text import t5_weights
 
 DEFAULT_MAX_LENGTH = 128
 CACHE_INFO_FILE = "cache_info.json"

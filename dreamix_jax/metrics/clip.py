@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors
 
-from dreamix_jax.evaluate import frames as frames_lib
+from dreamix_jax.metrics import frames as frames_lib
 
 Params = Mapping[str, Any]
 

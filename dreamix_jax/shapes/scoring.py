@@ -2,7 +2,7 @@
 
 The paper's raters judged alignment (does the edit match the text?), fidelity (are the unedited
 details of the original kept?) and quality; in the moving-shapes world the pixel probe
-(`evaluate.probe`) answers the first two exactly:
+(`shapes.probe`) answers the first two exactly:
 
 - alignment: every attribute the prompt names (shape, color, background, motion via
   `shapes.parse_caption`) is what the probe reads from the output;
@@ -29,8 +29,8 @@ import math
 
 import numpy as np
 
-from dreamix_jax.data import shapes
-from dreamix_jax.evaluate import probe as probe_lib
+from dreamix_jax.shapes import world as shapes
+from dreamix_jax.shapes import probe as probe_lib
 
 ATTRIBUTES = ("shape", "color", "background", "motion")
 START_TOLERANCE = 0.15  # frame heights

@@ -36,7 +36,7 @@ from typing import Mapping
 
 import numpy as np
 
-from dreamix_jax.data import shapes
+from dreamix_jax.shapes import world as shapes
 
 _CORE_DISTANCE = 0.5  # Euclidean RGB distance in [-1, 1] units; palette pairs are ≥ 1.0 apart.
 _MIN_AREA_FRACTION = 0.002

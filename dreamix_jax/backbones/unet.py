@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from dreamix_jax.models import layers
+from dreamix_jax.backbones import layers
 
 _SKIP_SCALE = 2.0 ** -0.5
 ACTIVATION_AXES = ("activation_batch", "activation_height", "activation_width", "activation_embed")

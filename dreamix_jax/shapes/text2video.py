@@ -4,7 +4,7 @@ The captions are those of the first `num_captions` clips of the moving-shapes te
 attribute mix is the dataset's). Each caption is sampled once through the cascade (up to stage
 `upto`, default the last), the probe reads the four captioned attributes from the pixels, and the
 benchmark reports, per attribute, the share of samples that show the caption's value — the
-alignment figure of DESIGN §4 — plus the share that show all four.
+alignment figure of docs/design.md (the moving-shapes world) — plus the share that show all four.
 
 Files written into the workdir: `text2video_samples.csv` (one row per sample: the caption, what the
 probe read, a 0/1 per attribute), `text2video.csv` / `.md` (the per-attribute table),
@@ -26,9 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from dreamix_jax.data import outputs, shapes
+from dreamix_jax.data import outputs
+from dreamix_jax.shapes import world as shapes
 from dreamix_jax.diffusion import sampling
-from dreamix_jax.evaluate import probe, report
+from dreamix_jax.shapes import probe
+from dreamix_jax.data import report
 
 ATTRIBUTES = ("color", "shape", "motion", "background")
 SUMMARY_COLUMNS = ("attribute", "samples", "found")

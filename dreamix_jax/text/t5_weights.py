@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors
 
-from dreamix_jax.models import t5
+from dreamix_jax.text import t5
 
 # Param path (tuple of names) -> Sharding, a single Sharding for all, or a pytree of Shardings.
 ShardingSpec = Union[jax.sharding.Sharding, Callable[[tuple[str, ...]], jax.sharding.Sharding],

@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dreamix_jax.models import t5
+from dreamix_jax.text import t5
 
 Dtype = Any
 

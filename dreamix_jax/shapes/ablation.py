@@ -1,7 +1,7 @@
 """The moving-shapes ablation benchmark: the analogue of the paper's Table 1 and Fig. 12.
 
 Source clips are the first `num_clips` clips of the moving-shapes test split. Each clip is edited
-in the four categories of DESIGN §4 — motion (change the direction), object (change the shape),
+in the four categories of docs/design.md (the moving-shapes world) — motion (change the direction), object (change the shape),
 appearance (change the color), background (change the background color) — by changing exactly one
 attribute of its caption (which value: `edit_attributes`, deterministic from the clip index), with
 four methods:
@@ -11,7 +11,7 @@ four methods:
 - `mixed`: finetuned with α = 0.35 (mixed video-image objective), then edited;
 - `text2video`: the unconditional baseline, the prompt sampled from pure noise.
 
-Each edit is scored by the probe (`evaluate.scoring`): alignment, fidelity, temporal stability,
+Each edit is scored by the probe (`shapes.scoring`): alignment, fidelity, temporal stability,
 success. Per method × category the means are tabulated and the success rates plotted.
 """
 
@@ -28,9 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from dreamix_jax.data import outputs, shapes
+from dreamix_jax.data import outputs
+from dreamix_jax.shapes import world as shapes
 from dreamix_jax.dreamix import corrupt, finetune, finetune_steps
-from dreamix_jax.evaluate import report, scoring
+from dreamix_jax.data import report
+from dreamix_jax.shapes import scoring
 from dreamix_jax.jobs import edit
 
 # Edit category -> the caption attribute it changes.

@@ -14,7 +14,7 @@ left out of the error: the denoiser sees the object plainly there and must place
 frames, where only the motion word says which way it went (the context-frame training task,
 `train.losses.StageLoss`).
 
-Why it exists: sampling + the pixel probe (`evaluate.text2video`) says *whether* samples show an
+Why it exists: sampling + the pixel probe (`shapes.text2video`) says *whether* samples show an
 attribute; this says whether the model *uses* the words at all, from forward passes only (about a
 quarter of the compute of 48 samples), so it can track an attribute during pretraining. An
 attribute at chance here is ignored by the denoiser, whatever the sampler or guidance weight.
@@ -35,10 +35,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from dreamix_jax.data import shapes
+from dreamix_jax.shapes import world as shapes
 from dreamix_jax.diffusion import schedules
-from dreamix_jax.evaluate import report
-from dreamix_jax.models import unet
+from dreamix_jax.data import report
+from dreamix_jax.backbones import unet
 
 VOCABULARIES = shapes.VOCABULARIES
 MAX_CANDIDATES = max(len(v) for v in VOCABULARIES.values())

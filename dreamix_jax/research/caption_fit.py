@@ -10,7 +10,7 @@ with the clips: `matched` counts the captions whose prediction is nearest their 
 them = every word tied to its clip; 1 = one prediction for all), `relative_error` is the mean
 squared error to the own clip over the clips' variance.
 
-The pretraining data ask for the same mapping, only more weakly (`evaluate.mean_drift`: the motion
+The pretraining data ask for the same mapping, only more weakly (`research.mean_drift`: the motion
 words change the caption-mean video by a few percent); this benchmark asks whether the weights can
 learn it at all, and how fast compared with another attribute. On the 2-core CPU a step of the
 demo base (batch 4) takes about 2.5 s.
@@ -27,10 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dreamix_jax.data import shapes
+from dreamix_jax.shapes import world as shapes
 from dreamix_jax.diffusion import schedules
-from dreamix_jax.evaluate import report
-from dreamix_jax.models import unet
+from dreamix_jax.data import report
+from dreamix_jax.backbones import unet
 
 ATTRIBUTE_VALUES = {
     "motion": ("left", "right", "up", "down"),

@@ -1,0 +1,1 @@
+"""Backbones: the denoiser networks a cascade stage can use, behind one protocol."""

@@ -1,1 +1,0 @@
-"""Evaluation: the moving-shapes pixel probe and video metrics."""

@@ -1,0 +1,1 @@
+"""Research diagnostics for the demo base (motion direction), kept apart from the product."""

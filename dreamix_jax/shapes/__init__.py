@@ -1,0 +1,1 @@
+"""The moving-shapes world: renderer, pixel probe, edit scoring, and its benchmarks."""

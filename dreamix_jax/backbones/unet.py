@@ -20,7 +20,7 @@ noise-augmented) low-resolution video to `z` and add an embedding of its augment
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -233,62 +233,63 @@ class _Block(nn.Module):
     return nn.with_logical_constraint(x, ACTIVATION_AXES)
 
 
-Denoiser = Callable[..., jax.Array]
+@dataclasses.dataclass(frozen=True)
+class UNetBackbone:
+  """The space-time U-Net behind the backbone seam (`backbones.base.Backbone`): v-prediction on
+  a continuous log-SNR. `apply` is `SpaceTimeUNet(config).apply` with the protocol's signature;
+  `rng` feeds dropout when `train` is True; `frames_only` is static (see `SpaceTimeUNet`)."""
 
+  config: UNetConfig
+  prediction = "v"
+  time_input = "logsnr"
 
-def make_denoiser(config: UNetConfig) -> tuple[SpaceTimeUNet, Denoiser]:
-  """The module and its pure apply function, the interface every other part of the project uses:
+  @classmethod
+  def from_config(cls, fields) -> "UNetBackbone":
+    return cls(UNetConfig.from_config(fields))
 
-  `apply(params, z, logsnr, text, text_mask, *, cond=None, cond_logsnr=None, temporal_mask=None,
-  train=False, rng=None, frames_only=False) -> v̂`. `rng` feeds dropout when `train` is True;
-  `frames_only` is static (see `SpaceTimeUNet`).
-  """
-  model = SpaceTimeUNet(config)
+  @property
+  def spatial_factor(self) -> int:
+    return self.config.downsample_factor
 
-  def apply(params, z, logsnr, text, text_mask, *, cond=None, cond_logsnr=None,
+  def init(self, rng, spec) -> Any:
+    """Parameters (logical-partitioning boxes removed) for inputs of `spec` (`base.InputSpec`)."""
+    model = SpaceTimeUNet(self.config)
+    args, kwargs = self._example_inputs(spec, abstract=False)
+    init = jax.jit(lambda r, a, k: nn.meta.unbox(model.init(r, *a, **k)["params"]))
+    # An RBG key derived from `rng`: the same parameters for the same `rng`, and it compiles ~3×
+    # faster than threefry on CPU (init draws many independent tensors).
+    return init(jax.random.wrap_key_data(jnp.tile(jax.random.key_data(rng).ravel(), 2)[:4],
+                                         impl="rbg"), args, kwargs)
+
+  def abstract_params(self, spec):
+    """Parameter shapes (`jax.ShapeDtypeStruct`s, boxed with logical names) without any memory."""
+    model = SpaceTimeUNet(self.config)
+    args, kwargs = self._example_inputs(spec, abstract=True)
+    return jax.eval_shape(lambda r, a, k: model.init(r, *a, **k)["params"],
+                          jax.random.PRNGKey(0), args, kwargs)
+
+  def apply(self, params, z, noise_level, text, text_mask, *, cond=None, cond_logsnr=None,
             temporal_mask=None, train=False, rng=None, frames_only=False):
     rngs = {"dropout": rng} if (train and rng is not None) else None
-    return model.apply({"params": params}, z, logsnr, text, text_mask, cond=cond,
-                       cond_logsnr=cond_logsnr, temporal_mask=temporal_mask, train=train, rngs=rngs,
-                       frames_only=frames_only)
+    return SpaceTimeUNet(self.config).apply(
+        {"params": params}, z, noise_level, text, text_mask, cond=cond, cond_logsnr=cond_logsnr,
+        temporal_mask=temporal_mask, train=train, rngs=rngs, frames_only=frames_only)
 
-  return model, apply
-
-
-def init_params(config: UNetConfig, rng, *, frames, height, width, text_len, text_dim,
-                in_channels=3) -> Any:
-  """Initialises a stage's parameters (logical-partitioning boxes removed) for the given shapes."""
-  model = SpaceTimeUNet(config)
-  args, kwargs = _example_inputs(config, frames, height, width, text_len, text_dim, in_channels)
-  init = jax.jit(lambda r, a, k: nn.meta.unbox(model.init(r, *a, **k)["params"]))
-  # An RBG key derived from `rng`: the same parameters for the same `rng`, and it compiles ~3×
-  # faster than threefry on CPU (init draws many independent tensors).
-  return init(jax.random.wrap_key_data(jnp.tile(jax.random.key_data(rng).ravel(), 2)[:4],
-                                       impl="rbg"), args, kwargs)
-
-
-def abstract_params(config: UNetConfig, *, frames, height, width, text_len, text_dim,
-                    in_channels=3):
-  """Parameter shapes (`jax.ShapeDtypeStruct`s, boxed with logical names) without any memory."""
-  model = SpaceTimeUNet(config)
-  args, kwargs = _example_inputs(config, frames, height, width, text_len, text_dim, in_channels,
-                                 abstract=True)
-  return jax.eval_shape(lambda r, a, k: model.init(r, *a, **k)["params"], jax.random.PRNGKey(0),
-                        args, kwargs)
+  def _example_inputs(self, spec, abstract):
+    if spec.channels != self.config.out_channels:
+      raise ValueError(f"The U-Net predicts {self.config.out_channels} channels but the stage's "
+                       f"inputs have {spec.channels}; set backbone.out_channels={spec.channels}.")
+    make = (lambda shape, dt: jax.ShapeDtypeStruct(shape, dt)) if abstract else jnp.zeros
+    f, h, w = spec.frames, spec.height, spec.width
+    args = (make((1, f, h, w, spec.channels), jnp.float32), make((1,), jnp.float32),
+            make((1, spec.text_len, spec.text_dim), jnp.float32),
+            make((1, spec.text_len), jnp.bool_))
+    kwargs = {}
+    if self.config.conditional:
+      kwargs = dict(cond=make((1, f, h, w, spec.cond_channels or spec.channels), jnp.float32),
+                    cond_logsnr=make((1,), jnp.float32))
+    return args, kwargs
 
 
 def count_params(params) -> int:
   return sum(int(x.size) for x in jax.tree_util.tree_leaves(nn.meta.unbox(params)))
-
-
-def _example_inputs(config, frames, height, width, text_len, text_dim, in_channels, abstract=False):
-  make = (lambda shape, dt: jax.ShapeDtypeStruct(shape, dt)) if abstract else jnp.zeros
-  z = make((1, frames, height, width, in_channels), jnp.float32)
-  logsnr = make((1,), jnp.float32)
-  text = make((1, text_len, text_dim), jnp.float32)
-  mask = make((1, text_len), jnp.bool_)
-  kwargs = {}
-  if config.conditional:
-    kwargs = dict(cond=make((1, frames, height, width, 3), jnp.float32),
-                  cond_logsnr=make((1,), jnp.float32))
-  return (z, logsnr, text, mask), kwargs

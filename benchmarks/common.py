@@ -72,7 +72,7 @@ def cascade_config(tiny: bool, dtype: str) -> ml_collections.ConfigDict:
     if not tiny:
       cfg.stages.small = small_stage_config()
     for name in cfg.stages:
-      cfg.stages[name].unet.dtype = dtype
+      cfg.stages[name].backbone.dtype = dtype
   return cfg
 
 

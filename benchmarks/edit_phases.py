@@ -33,7 +33,7 @@ def edit_config_for(cascade: str, dtype: str, finetune_steps: int | None, *,
   config.checkpoint = ""
   config.overwrite = True
   for name in config.cascade.stages:
-    config.cascade.stages[name].unet.dtype = dtype
+    config.cascade.stages[name].backbone.dtype = dtype
   if finetune_steps is not None:
     config.finetune.steps = finetune_steps
   if base_only:
@@ -55,7 +55,7 @@ def main():
                 f"{config.finetune.steps} finetuning steps)", args.dtype)
   with tempfile.TemporaryDirectory() as workdir:
     t0 = time.perf_counter()
-    folders = edit.run_edit(config, workdir)
+    folders = edit.run(config, workdir)
     total = time.perf_counter() - t0
     with open(os.path.join(folders[-1], "meta.json")) as f:
       phases = json.load(f)["timings"]

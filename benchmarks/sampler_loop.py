@@ -17,7 +17,6 @@ import jax.numpy as jnp
 
 from dreamix_jax import cascade as cascade_lib
 from dreamix_jax.diffusion import sampling
-from dreamix_jax.backbones import unet
 
 COLUMNS = ("config", "steps", "guided", "loop_s", "call_s", "steps_x_call_s", "overhead_pct",
            "recompiles")
@@ -32,14 +31,14 @@ def loop_row(stage, casc, params, repeats):
   mask = jnp.ones((1, casc.text_len), bool)
   z = jax.random.normal(k[1], (1,) + stage.shape + (3,))
   low = None
-  if stage.kind != "base":
+  if stage.conditional:
     low = jax.random.uniform(k[2], (1,) + stage.input_shape() + (3,), minval=-1.0, maxval=1.0)
   loop_s = common.best_time(lambda: fn(params, text, mask, k[3], z, jnp.float32(1.0), low), repeats)
   before = fn._cache_size()  # pylint: disable=protected-access
   common.block(fn(params, text + 1.0, mask, k[2], z, jnp.float32(0.7), low))
   recompiles = fn._cache_size() - before  # pylint: disable=protected-access
 
-  _, apply = unet.make_denoiser(stage.unet)
+  apply = casc.denoiser(stage)
   kwargs = {}
   if low is not None:
     kwargs = dict(cond=stage.upsample(low), cond_logsnr=jnp.zeros((1,)))

@@ -3,9 +3,9 @@ r"""Train-step and sampler-step speed of the space-time U-Net, as a fraction of 
 For each config (shapes base / tsr / ssr stages, and "small": a ~37M-parameter base stage at
 16×24×40, see `common.small_stage_config`) it times, with the project's own code:
   video    one jitted, state-donating train step (`train.state.make_train_step`) on the video variant
-           only (`train.losses.make_mixed_loss(..., alpha=1)`, i.e. pretraining's loss);
+           only (`dreamix.objective.make_mixed_loss(..., alpha=1)`, i.e. pretraining's loss);
   mixed    the same with Dreamix's mixed loss (alpha=0.35: one U-Net call on the videos, one
-           frames-only call on the shuffled frames; see `train.losses.make_mixed_loss`);
+           frames-only call on the shuffled frames; see `dreamix.objective.make_mixed_loss`);
   sampler  one guided denoiser call as the sampler makes it (`sampling.guided_v_fn`: CFG's two
            branches batched), batch 1 (one prompt).
 Columns: XLA cost-analysis GFLOP of the compiled program, best wall time, achieved GFLOP/s, that
@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from dreamix_jax.diffusion import sampling
-from dreamix_jax.backbones import unet
+from dreamix_jax.backbones import base as backbone_base
+from dreamix_jax.dreamix import objective
 from dreamix_jax.train import losses
 from dreamix_jax.train import state as state_lib
 
@@ -39,7 +40,7 @@ def make_batch(stage, casc, batch: int, rng):
       text=jax.random.normal(k[1], (batch, casc.text_len, casc.text_dim)),
       text_mask=jnp.ones((batch, casc.text_len), bool),
       temporal_mask=jnp.zeros((batch,), jnp.float32))
-  if stage.kind != "base":
+  if stage.conditional:
     out["low"] = jax.random.uniform(k[2], (batch,) + stage.input_shape() + (3,), minval=-1.0,
                                     maxval=1.0)
   return out
@@ -47,10 +48,10 @@ def make_batch(stage, casc, batch: int, rng):
 
 def compiled_train_step(stage, casc, params, batch, alpha: float):
   """(compiled donating step, initial state) for the given loss weighting."""
-  _, apply = unet.make_denoiser(stage.unet)
+  apply = casc.denoiser(stage)
   loss_fn = losses.make_stage_loss(apply, stage, casc.schedule)
   optimizer = state_lib.make_optimizer(state_lib.optimizer_config())
-  step = state_lib.make_train_step(losses.make_mixed_loss(loss_fn, stage, alpha), optimizer)
+  step = state_lib.make_train_step(objective.make_mixed_loss(loss_fn, stage, alpha), optimizer)
   state = state_lib.init_state(jax.tree_util.tree_map(jnp.copy, params), optimizer, ema=False)
   compiled = jax.jit(step, donate_argnums=(0,)).lower(state, batch, jax.random.PRNGKey(0)).compile()
   return compiled, state
@@ -72,10 +73,10 @@ def train_row(stage, casc, params, batch, alpha, repeats):
 
 def sampler_row(stage, casc, params, repeats):
   """(GFLOP, seconds) of one denoiser call of the sampler (CFG batched when the stage guides)."""
-  _, apply = unet.make_denoiser(stage.unet)
+  apply = casc.denoiser(stage)
   batch = make_batch(stage, casc, 1, jax.random.PRNGKey(2))
   kwargs = {}
-  if stage.kind != "base":
+  if stage.conditional:
     kwargs = dict(cond=stage.upsample(batch["low"]), cond_logsnr=jnp.zeros((1,)))
 
   def v(params, z, lam, text, mask, kwargs):
@@ -107,7 +108,7 @@ def main():
   for name in names:
     stage = all_stages[name]
     params = casc.init_params(jax.random.PRNGKey(0), stage)
-    n_params = unet.count_params(params) / 1e6
+    n_params = backbone_base.count_params(params) / 1e6
     batch_size = common.default_batch(name, args.tiny)
     batch = make_batch(stage, casc, batch_size, jax.random.PRNGKey(0))
     video_time = None

@@ -1,11 +1,11 @@
 """Pieces shared by the job configs (paths of the shipped demo assets, the cascade choice)."""
 
+import importlib.util
 import pathlib
 
 import ml_collections
 
 from dreamix_jax import parallel
-from dreamix_jax.jobs import common as jobs_common
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHAPES_CASCADE = str(REPO / "checkpoints" / "shapes")  # the pretrained demo cascade
@@ -13,19 +13,39 @@ SHAPES_T5 = str(REPO / "assets" / "shapes_t5")         # its frozen tiny T5
 SHAPES_CLIP = str(REPO / "assets" / "shapes_clip.mp4")  # the default input video
 
 
-def base_config(job: str, runlocal: bool) -> ml_collections.ConfigDict:
-  """Fields every sampling-type job has. `runlocal`: tiny random cascade (smoke runs on a CPU)."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(
-      "shapes_cascade", REPO / "configs" / "cascades" / "shapes.py")
-  shapes = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(shapes)
+def text_config(t5_dir: str = "", cache_dir: str = "") -> ml_collections.ConfigDict:
+  """`t5_dir`: a local Hugging Face T5 directory; `cache_dir`: an embedding cache (written when a
+  T5 directory is given, read alone otherwise)."""
+  return ml_collections.ConfigDict(dict(t5_dir=t5_dir, cache_dir=cache_dir))
+
+
+def cascade_config(cascade: str, runlocal: bool) -> ml_collections.ConfigDict:
+  """The cascade config `cascade` names: a file of configs/cascades/ by name (`shapes`,
+  `imagen_video`) or a path to a cascade config file; its tiny variant with `runlocal`."""
+  path = pathlib.Path(cascade) if cascade.endswith(".py") else REPO / "configs" / "cascades" / (
+      f"{cascade}.py")
+  if not path.is_file():
+    known = sorted(p.stem for p in (REPO / "configs" / "cascades").glob("*.py"))
+    raise ValueError(f"cascade={cascade!r}: no cascade config at {path}; give one of {known} or a "
+                     "path to a cascade config .py file.")
+  spec = importlib.util.spec_from_file_location(f"cascade_{path.stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config("tiny" if runlocal else None)
+
+
+def base_config(job: str, runlocal: bool, cascade: str = "") -> ml_collections.ConfigDict:
+  """Fields every sampling-type job has. `runlocal`: tiny random cascade (smoke runs on a CPU).
+  `cascade`: the `:cascade=<name|path>` argument (default: the moving-shapes cascade, whose
+  shipped weights are the default checkpoint; other cascades start with none, so give
+  --config.checkpoint)."""
   config = ml_collections.ConfigDict()
   config.job = job
   config.name = job
-  config.cascade = shapes.get_config("tiny" if runlocal else None)
-  config.checkpoint = "" if runlocal else SHAPES_CASCADE
-  config.text = jobs_common.text_config(t5_dir=SHAPES_T5)
+  config.cascade = cascade_config(cascade or "shapes", runlocal)
+  shipped = not runlocal and cascade in ("", "shapes")
+  config.checkpoint = SHAPES_CASCADE if shipped else ""
+  config.text = text_config(t5_dir=SHAPES_T5)
   config.seed = 0
   config.seeds = (0,)
   config.overwrite = runlocal

@@ -6,8 +6,8 @@
 
 Defaults: the shipped moving-shapes clip (a red circle moving right) and demo cascade; the edit
 prompt stops the circle ("... standing still ..."): a change of motion the demo cascade has learnt
-(moving vs still), unlike the direction of motion, which it has not yet (README, "Status and
-figures": `:prompt="a red circle moving left on a black background"` keeps the input's motion);
+(moving vs still), unlike the direction of motion, which it has not yet (docs/status.md:
+`:prompt="a red circle moving left on a black background"` keeps the input's motion);
 the paper's α = 0.35; noise level s = 0.9 (at 0.8 the input's motion survives);
 150 mixed finetuning steps of the base stage alone, batch 1 (the paper also finetunes its first two
 SSR stages; on the toy cascade that would triple the ~5-minute CPU budget of the demo — add them with
@@ -22,8 +22,8 @@ from dreamix_jax.dreamix import finetune
 
 
 def get_config(arg=None):
-  arg = cu.parse_arg(arg, runlocal=False, video="", prompt="")
-  config = common.base_config("edit", arg.runlocal)
+  arg = cu.parse_arg(arg, runlocal=False, cascade="", video="", prompt="")
+  config = common.base_config("edit", arg.runlocal, arg.cascade)
   config.input = arg.video or common.SHAPES_CLIP
   config.prompts = (arg.prompt,) if arg.prompt else (
       "a red circle standing still on a black background",)

@@ -45,20 +45,20 @@ every `report_every` steps, how many of the four captions' predictions are neare
 from configs import common
 from dreamix_jax import config_utils as cu
 from dreamix_jax.dreamix import finetune
-from dreamix_jax.jobs import sweep
+from dreamix_jax.dreamix import sweep
 
 
 def get_config(arg=None):
-  arg = cu.parse_arg(arg, runlocal=False, outputs="", benchmark="", clip_dir="", lpips_weights="",
-                     upto="")
-  config = common.base_config("eval", arg.runlocal)
+  arg = cu.parse_arg(arg, runlocal=False, cascade="", outputs="", benchmark="", clip_dir="",
+                     lpips_weights="", upto="")
+  config = common.base_config("eval", arg.runlocal, arg.cascade)
   config.outputs = arg.outputs
   config.clip_dir = arg.clip_dir
   config.lpips_weights = arg.lpips_weights
   config.benchmark = arg.benchmark
   # The ablation scores the base stage's output unless `upto` names a later stage: the methods differ
   # only in the base stage (the one they finetune), and the demo cascade's SR stages do not keep
-  # the world's fine texture even from a perfect input (see the README's ablation section).
+  # the world's fine texture even from a perfect input (see docs/ablation.md).
   config.ablation = dict(num_clips=1 if arg.runlocal else 12, data_seed=0,
                          steps=2 if arg.runlocal else 150, s_none=0.8, s_finetuned=0.9,
                          upto=arg.upto or "base")

@@ -14,8 +14,8 @@ from dreamix_jax.dreamix import finetune
 
 
 def get_config(arg=None):
-  arg = cu.parse_arg(arg, runlocal=False, image="", prompt="", transform="translate")
-  config = common.base_config("image2video", arg.runlocal)
+  arg = cu.parse_arg(arg, runlocal=False, cascade="", image="", prompt="", transform="translate")
+  config = common.base_config("image2video", arg.runlocal, arg.cascade)
   config.input = arg.image or str(common.REPO / "assets" / "shapes_frame.png")
   config.transform = arg.transform
   config.prompts = (arg.prompt,) if arg.prompt else (

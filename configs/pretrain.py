@@ -16,8 +16,8 @@ from dreamix_jax.train import state as state_lib
 
 
 def get_config(arg=None):
-  arg = cu.parse_arg(arg, runlocal=False, stage="base", steps=0, batch=0)
-  config = common.base_config("pretrain", arg.runlocal)
+  arg = cu.parse_arg(arg, runlocal=False, cascade="", stage="base", steps=0, batch=0)
+  config = common.base_config("pretrain", arg.runlocal, arg.cascade)
   config.stage = arg.stage
   config.steps = arg.steps or (6 if arg.runlocal else 20_000)
   config.batch_size = arg.batch or (2 if arg.runlocal else 8)

@@ -11,8 +11,8 @@ from dreamix_jax.dreamix import finetune
 
 
 def get_config(arg=None):
-  arg = cu.parse_arg(arg, runlocal=False, images="", prompt="")
-  config = common.base_config("subject", arg.runlocal)
+  arg = cu.parse_arg(arg, runlocal=False, cascade="", images="", prompt="")
+  config = common.base_config("subject", arg.runlocal, arg.cascade)
   config.input = arg.images or str(common.REPO / "assets" / "shapes_subject")
   config.prompts = (arg.prompt,) if arg.prompt else (
       "a sks moving left on a black background",)

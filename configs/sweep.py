@@ -14,7 +14,7 @@ Outputs: `<workdir>/sweep/<name>/index.html` and per prompt × seed a `grid.png`
 from configs import common
 from dreamix_jax import config_utils as cu
 from dreamix_jax.dreamix import finetune
-from dreamix_jax.jobs import sweep
+from dreamix_jax.dreamix import sweep
 
 # The runlocal grid: the paper's structure (4 s without finetuning, one video finetune read once,
 # one mixed finetune read at three step counts, one of them shared by two s values), tiny steps.
@@ -26,8 +26,8 @@ RUNLOCAL_GRID = (
 
 
 def get_config(arg=None):
-  arg = cu.parse_arg(arg, runlocal=False, video="", prompt="")
-  config = common.base_config("sweep", arg.runlocal)
+  arg = cu.parse_arg(arg, runlocal=False, cascade="", video="", prompt="")
+  config = common.base_config("sweep", arg.runlocal, arg.cascade)
   config.input = arg.video or common.SHAPES_CLIP
   config.prompts = (arg.prompt,) if arg.prompt else (
       "a red circle moving left on a black background",)

@@ -11,9 +11,8 @@ from dreamix_jax import config_utils as cu
 
 
 def get_config(arg=None):
-  arg = cu.parse_arg(arg, runlocal=False, prompt="")
-  config = common.base_config("sample", arg.runlocal)
-  config.name = "text2video"
+  arg = cu.parse_arg(arg, runlocal=False, cascade="", prompt="")
+  config = common.base_config("text2video", arg.runlocal, arg.cascade)
   config.prompts = ((arg.prompt,) if arg.prompt else
                     ("a red circle moving right on a black background",
                      "a yellow square moving up on a purple background"))

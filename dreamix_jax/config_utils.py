@@ -51,25 +51,39 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
 
 
 def stage(kind: str, frames: int, height: int, width: int, fps: float, *, factor: int = 1,
-          unet: dict, sampler: dict, cond_aug_t: float = 0.0, cond_aug_max_t: float = 0.0,
-          chunk_frames: int = 0, finetune: bool = True) -> ml_collections.ConfigDict:
-  """One stage's ConfigDict (fields of `dreamix_jax.cascade.Stage`). The unet and sampler dicts hold
-  every `UNetConfig` / `SamplerConfig` field (defaults filled in; `conditional` follows `kind`), so
-  each can be set from the command line (but for None-valued ones, which ml_collections cannot
-  override there: set those in the config file)."""
+          unet: dict | None = None, backbone: dict | None = None, sampler: dict,
+          cond_aug_t: float = 0.0, cond_aug_max_t: float = 0.0, chunk_frames: int = 0,
+          finetune: bool = True) -> ml_collections.ConfigDict:
+  """One stage's ConfigDict (fields of `dreamix_jax.cascade.Stage`).
+
+  The backbone is the space-time U-Net with the fields in `unet` (the backbone dict then holds
+  `name='unet'` and every `UNetConfig` field, defaults filled in, `conditional` following `kind`),
+  or any registered backbone given whole as `backbone` (`name` plus its fields). The sampler dict
+  holds every `SamplerConfig` field. So each can be set from the command line (but for None-valued
+  ones, which ml_collections cannot override there: set those in the config file)."""
+  if (unet is None) == (backbone is None):
+    raise ValueError("Give a stage either `unet` fields or a whole `backbone` dict.")
+  if unet is not None:
+    backbone = {"name": "unet", **dataclasses.asdict(unet_lib.UNetConfig()),
+                "conditional": kind != "base", **unet}
   sampler = {**dataclasses.asdict(sampling.SamplerConfig()), **sampler}
-  unet = {**dataclasses.asdict(unet_lib.UNetConfig()), "conditional": kind != "base", **unet}
   return ml_collections.ConfigDict(dict(
-      kind=kind, frames=frames, height=height, width=width, fps=fps, factor=factor, unet=unet,
+      kind=kind, frames=frames, height=height, width=width, fps=fps, factor=factor,
+      backbone=backbone,
       sampler=dict(sampler), cond_aug_t=cond_aug_t, cond_aug_max_t=cond_aug_max_t,
       chunk_frames=chunk_frames, finetune=finetune))
 
 
 def cascade(name: str, stages: dict[str, ml_collections.ConfigDict], *, text_len: int,
-            text_dim: int, logsnr_min: float = -20.0, logsnr_max: float = 20.0
+            text_dim: int, logsnr_min: float = -20.0, logsnr_max: float = 20.0,
+            schedule: dict | None = None, autoencoder: dict | None = None
             ) -> ml_collections.ConfigDict:
-  """A cascade ConfigDict; stage order is the dict's order."""
+  """A cascade ConfigDict; stage order is the dict's order. The schedule is the cosine log-SNR
+  schedule on [logsnr_min, logsnr_max] unless `schedule` gives another
+  (`diffusion.schedules.from_config`); the autoencoder is the identity unless `autoencoder` names
+  one (`dreamix_jax.autoencoders`)."""
   return ml_collections.ConfigDict(dict(
       name=name, order=tuple(stages), stages=stages,
-      schedule=dict(logsnr_min=logsnr_min, logsnr_max=logsnr_max),
+      schedule=schedule or dict(kind="cosine", logsnr_min=logsnr_min, logsnr_max=logsnr_max),
+      autoencoder=autoencoder or dict(name="identity"),
       text=dict(max_length=text_len, dim=text_dim)))

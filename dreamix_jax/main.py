@@ -2,7 +2,7 @@
 
 The config (locked: a misspelt field is an error; any field can be overridden, e.g.
 `--config.finetune.steps=300`) names the job in `config.job`; each job is a plain
-`run(config, workdir)` function in `dreamix_jax.jobs`.
+`run(config, workdir)` function, found through the registry in `dreamix_jax.jobs`.
 
 Exit codes: 0 done; 2 bad input or config (one line on stderr saying what is wrong and what to do);
 3 training stopped on a non-finite loss (the last good checkpoint is kept);
@@ -21,33 +21,6 @@ from ml_collections import config_flags
 
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
-JOBS = ("sample", "edit", "image2video", "subject", "pretrain", "sweep", "eval")
-
-
-def get_job(name: str):
-  """The `run(config, workdir)` function of a job name."""
-  if name == "sample":
-    from dreamix_jax.jobs import sample
-    return sample.run
-  if name == "edit":
-    from dreamix_jax.jobs import edit
-    return edit.run_edit
-  if name == "image2video":
-    from dreamix_jax.jobs import edit
-    return edit.run_image2video
-  if name == "subject":
-    from dreamix_jax.jobs import edit
-    return edit.run_subject
-  if name == "pretrain":
-    from dreamix_jax.jobs import pretrain
-    return pretrain.run
-  if name == "sweep":
-    from dreamix_jax.jobs import sweep
-    return sweep.run
-  if name == "eval":
-    from dreamix_jax.jobs import evaluate
-    return evaluate.run
-  raise ValueError(f"Unknown job {name!r}; config.job must be one of {JOBS}.")
 
 
 def main(argv):
@@ -61,9 +34,10 @@ def main(argv):
     _usage_error(f"could not load the --config file ({last}); give configs/<job>.py[:args] "
                  "relative to the repository root.")
   workdir = flags.FLAGS.workdir
+  from dreamix_jax import jobs
   from dreamix_jax.train import loop, preemption
   try:
-    run = get_job(job)
+    run = jobs.get(job)
     logging.info("job %s, workdir %s\n%s", job, workdir, config)
     run(config, workdir)
   except preemption.Preempted as e:

@@ -95,7 +95,7 @@ def check_fields(config, config_arg: str, fields: Sequence[str]) -> None:
 
 def paper_sweep() -> list[dict[str, str]]:
   """The paper's 12 (finetuning, s) settings as edit-job overrides, grouped by `sweep.plan`."""
-  from dreamix_jax.jobs import sweep
+  from dreamix_jax.dreamix import sweep
   settings = sweep.parse_settings(sweep.PAPER_GRID, sweep.PAPER_ALPHAS)
   points = []
   for run in sweep.plan(settings, sweep.PAPER_ALPHAS):

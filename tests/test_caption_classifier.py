@@ -13,7 +13,6 @@ from dreamix_jax.shapes import world as shapes
 from dreamix_jax.diffusion import schedules
 from dreamix_jax.research import caption_classifier as cc
 from dreamix_jax.jobs import common, evaluate
-from dreamix_jax.backbones import unet
 from config_loading import load
 from param_utils import randomise
 
@@ -99,7 +98,7 @@ def test_denoising_errors_match_a_direct_computation(tiny_base):
   mask[1, 5:] = False
   got = cc.denoising_errors(stage, params, video, text, mask, eps, LOGSNRS)
   assert got.shape == (3, len(LOGSNRS))
-  _, apply = unet.make_denoiser(stage.unet)
+  apply = stage.backbone.apply
   for k in range(3):
     for n, lam in enumerate(LOGSNRS):
       z = schedules.diffuse(jnp.asarray(video[None]), jnp.asarray(eps[n][None]), lam)
@@ -122,7 +121,7 @@ def test_context_frame_is_nearly_clean_and_left_out_of_the_error(tiny_base):
   text = rng.standard_normal((2, 16, 64)).astype(np.float32)
   mask = np.ones((2, 16), bool)
   got = cc.denoising_errors(stage, params, video, text, mask, eps, LOGSNRS, context=(1, 8.0))
-  _, apply = unet.make_denoiser(stage.unet)
+  apply = stage.backbone.apply
   keep = np.arange(t) != 1
   for k in range(2):
     for n, lam in enumerate(LOGSNRS):

@@ -15,7 +15,6 @@ from dreamix_jax.shapes import world as shapes
 from dreamix_jax.research import caption_fit
 from dreamix_jax.shapes import probe
 from dreamix_jax.jobs import evaluate
-from dreamix_jax.backbones import unet
 from config_loading import load
 
 SHAPE = (8, 24, 40)
@@ -40,7 +39,7 @@ def tiny_base():
   cascade = cascade_lib.Cascade.from_config(shapes_cfg.get_config("tiny"))
   base = cascade.stage("base")
   params = cascade.init_params(jax.random.PRNGKey(0), base)
-  return cascade, base, params, unet.make_denoiser(base.unet)[1]
+  return cascade, base, params, cascade.denoiser(base)
 
 
 def test_matched_counts_only_what_the_caption_tells_apart(tiny_base):

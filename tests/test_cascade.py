@@ -69,17 +69,17 @@ def test_tiny_variants_keep_the_stage_structure():
 
 def test_every_unet_and_sampler_field_can_be_set_on_every_stage():
   """The stage dicts carry every UNetConfig/SamplerConfig field (a cascade file names only some),
-  so a command-line override such as --config.cascade.stages.base.unet.remat=full reaches the
+  so a command-line override such as --config.cascade.stages.base.backbone.remat=full reaches the
   stage; `conditional` follows the stage kind."""
   cfg = load_config("configs/cascades/shapes.py")
   for name, stage in cfg.stages.items():
-    assert set(stage.unet) == {f.name for f in dataclasses.fields(unet.UNetConfig)}, name
+    assert set(stage.backbone) == {f.name for f in dataclasses.fields(unet.UNetConfig)} | {"name"}, name
     assert set(stage.sampler) == {f.name for f in dataclasses.fields(sampling.SamplerConfig)}, name
-    assert stage.unet.conditional == (stage.kind != "base"), name
-  cfg.stages.base.unet.remat = "full"
+    assert stage.backbone.conditional == (stage.kind != "base"), name
+  cfg.stages.base.backbone.remat = "full"
   cfg.stages.tsr.sampler.eta = 0.5
   cascade = cascade_lib.Cascade.from_config(cfg)
-  assert cascade.stage("base").unet.remat == "full"
+  assert cascade.stage("base").backbone.config.remat == "full"
   assert cascade.stage("tsr").sampler.eta == 0.5
 
 

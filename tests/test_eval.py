@@ -104,9 +104,9 @@ def test_eval_job_scores_result_folders(tmp_path):
                 render(background="gray", texture_seed=8),
                 dict(prompt=prompt(background="gray"), job="edit",
                      source_caption=shapes.caption(SOURCE)), render())
-  _write_result(results / "sample" / "d_text2video", render(motion="left", x=60.0),
+  _write_result(results / "text2video" / "d_text2video", render(motion="left", x=60.0),
                 dict(prompt=prompt(motion="left"), job="text2video"))
-  _write_result(results / "sample" / "e_other", render(), dict(prompt="a bear dancing"))
+  _write_result(results / "text2video" / "e_other", render(), dict(prompt="a bear dancing"))
   config = load(f"configs/eval.py:outputs={results}")
   paths = evaluate.run(config, str(tmp_path / "eval"))
   with open(paths["csv"]) as f:

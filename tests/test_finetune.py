@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dreamix_jax import cascade as cascade_lib
-from dreamix_jax.dreamix import corrupt, finetune
+from dreamix_jax.dreamix import corrupt, finetune, objective
 from dreamix_jax.backbones import unet
 from dreamix_jax.train import loop as loop_lib, losses, state as state_lib
 from param_utils import randomise
@@ -52,7 +52,7 @@ def _batch(cascade, views, stage, text, mask, b=2):
 def base_losses(setup):
   cascade, params, views, text, mask = setup
   stage = cascade.stage("base")
-  _, apply = unet.make_denoiser(stage.unet)
+  apply = cascade.denoiser(stage)
   loss_fn = losses.make_stage_loss(apply, stage, cascade.schedule, train=False)
   return stage, loss_fn, _batch(cascade, views, stage, text, mask)
 
@@ -69,15 +69,15 @@ def test_stage_views_are_downsampled_input(setup):
 def test_mixed_loss_equals_weighted_separate_calls(setup, stage_name):
   cascade, params, views, text, mask = setup
   stage = cascade.stage(stage_name)
-  _, apply = unet.make_denoiser(stage.unet)
+  apply = cascade.denoiser(stage)
   loss_fn = losses.make_stage_loss(apply, stage, cascade.schedule, train=False)
   batch = _batch(cascade, views, stage, text, mask)
   alpha = 0.35
   rng = jax.random.PRNGKey(3)
-  mixed, aux = jax.jit(losses.make_mixed_loss(loss_fn, stage, alpha))(params[stage_name], batch, rng)
+  mixed, aux = jax.jit(objective.make_mixed_loss(loss_fn, stage, alpha))(params[stage_name], batch, rng)
   k_perm, k_vid, k_frm = jax.random.split(rng, 3)
-  l_vid = loss_fn(params[stage_name], losses.video_variant(stage, batch), k_vid).mean()
-  l_frm = loss_fn(params[stage_name], losses.frames_variant(stage, batch, k_perm), k_frm).mean()
+  l_vid = loss_fn(params[stage_name], objective.video_variant(stage, batch), k_vid).mean()
+  l_frm = loss_fn(params[stage_name], objective.frames_variant(stage, batch, k_perm), k_frm).mean()
   np.testing.assert_allclose(mixed, alpha * l_vid + (1 - alpha) * l_frm, rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(aux["loss_video"], l_vid, rtol=1e-6)
   np.testing.assert_allclose(aux["loss_frames"], l_frm, rtol=1e-6)
@@ -87,7 +87,7 @@ def test_frame_variant_gradients(setup, base_losses):
   """Frames only: temporal convs get exactly zero gradient, temporal attention does not."""
   _, params, _, _, _ = setup
   stage, loss_fn, batch = base_losses
-  frames_only = losses.make_mixed_loss(loss_fn, stage, 0.0)
+  frames_only = objective.make_mixed_loss(loss_fn, stage, 0.0)
   grads = jax.jit(jax.grad(lambda p: frames_only(p, batch, jax.random.PRNGKey(4))[0]))(
       params["base"])
   flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(g)
@@ -104,14 +104,14 @@ def test_alpha_one_ignores_frame_branch(setup, base_losses):
   _, params, _, _, _ = setup
   stage, loss_fn, batch = base_losses
   rng = jax.random.PRNGKey(5)
-  video_only = losses.make_mixed_loss(loss_fn, stage, 1.0)
+  video_only = objective.make_mixed_loss(loss_fn, stage, 1.0)
   loss, aux = video_only(params["base"], batch, rng)
   assert set(aux) == {"loss_video"}
   _, k_vid, _ = jax.random.split(rng, 3)
-  np.testing.assert_allclose(loss, loss_fn(params["base"], losses.video_variant(stage, batch),
+  np.testing.assert_allclose(loss, loss_fn(params["base"], objective.video_variant(stage, batch),
                                            k_vid).mean(), rtol=1e-6)
   with pytest.raises(ValueError, match="alpha"):
-    losses.make_mixed_loss(loss_fn, stage, 1.5)
+    objective.make_mixed_loss(loss_fn, stage, 1.5)
 
 
 def test_corruption_at_zero_is_the_downsampled_video(setup):
@@ -131,10 +131,10 @@ def _train(cascade, params, views, text, mask, steps, ckpt_dir, total=None):
                                  checkpoint_every=steps, stages=("base",), ema_decay=0.9)
   cfg.optimizer.lr = 3e-3
   stage = cascade.stage("base")
-  _, apply = unet.make_denoiser(stage.unet)
+  apply = cascade.denoiser(stage)
   loss_fn = losses.make_stage_loss(apply, stage, cascade.schedule)
   optimizer = state_lib.make_optimizer(cfg.optimizer)
-  step_fn = state_lib.make_train_step(losses.make_mixed_loss(loss_fn, stage, cfg.alpha), optimizer,
+  step_fn = state_lib.make_train_step(objective.make_mixed_loss(loss_fn, stage, cfg.alpha), optimizer,
                                       ema_decay=cfg.ema_decay)
   batch = _batch(cascade, views, stage, text, mask)
   loop_cfg = loop_lib.LoopConfig(steps=steps, log_every=1, checkpoint_every=steps, name="t")

@@ -11,7 +11,7 @@ import pytest
 
 from dreamix_jax.backbones import unet
 from dreamix_jax.train import checkpoints
-from param_utils import randomise
+from param_utils import randomise, unet_abstract, unet_init
 
 B, T, H, W, L, D = 2, 5, 8, 16, 6, 12
 
@@ -35,14 +35,14 @@ def inputs():
 def trained():
   """(params of WITH, all non-zero, and its jitted apply)."""
   params = randomise(init(WITH, jax.random.PRNGKey(0)), 1)
-  return params, jax.jit(unet.make_denoiser(WITH)[1], static_argnames=("frames_only",))
+  return params, jax.jit(unet.UNetBackbone(WITH).apply, static_argnames=("frames_only",))
 
 
 def test_zero_initialised_embedding_leaves_a_trained_model_unchanged(trained, inputs):
   params, apply = trained
   fresh = init(WITH, jax.random.PRNGKey(3))["frame_emb"]
   old = {k: v for k, v in params.items() if k != "frame_emb"}
-  out_old = unet.make_denoiser(WITHOUT)[1](old, *inputs, temporal_mask=jnp.zeros((B,)))
+  out_old = unet.UNetBackbone(WITHOUT).apply(old, *inputs, temporal_mask=jnp.zeros((B,)))
   out_new = apply({**old, "frame_emb": fresh}, *inputs, temporal_mask=jnp.zeros((B,)))
   np.testing.assert_allclose(out_new, out_old, atol=1e-5)  # jit vs eager: rounding only
   # A trained embedding does change it.
@@ -58,7 +58,7 @@ def test_stationary_input_gives_frame_dependent_output_only_with_the_embedding(i
   for config, differs in ((WITH, True), (WITHOUT, False)):
     config = dataclasses.replace(config, temporal_conv=False, temporal_attn_levels=())
     params = randomise(init(config, jax.random.PRNGKey(0)), 1)
-    out = unet.make_denoiser(config)[1](params, still, logsnr, text, mask,
+    out = unet.UNetBackbone(config).apply(params, still, logsnr, text, mask,
                                         temporal_mask=jnp.zeros((B,)))
     spread = float(jnp.abs(out - out[:, :1]).max())
     assert (spread > 1e-3) if differs else (spread < 1e-5), (config.frame_embedding, spread)

@@ -9,7 +9,7 @@ import sys
 import imageio.v3 as iio
 import pytest
 
-from dreamix_jax import main as main_lib
+from dreamix_jax import jobs, main as main_lib
 from dreamix_jax.data import video as video_io
 from config_loading import load
 
@@ -36,7 +36,7 @@ def test_text2video_cli_runs_end_to_end(tmp_path):
                          f"--workdir={tmp_path}", "--config.prompts=('a blue square moving up on a gray background',)"],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  folders = sorted((tmp_path / "sample" / "text2video").iterdir())
+  folders = sorted((tmp_path / "text2video" / "text2video").iterdir())
   assert len(folders) == 1
   meta = check_outputs(folders[0], 8, 16, 32, with_input=False)
   assert meta["prompt"] == "a blue square moving up on a gray background"
@@ -66,7 +66,7 @@ def test_dreamix_jobs_run_end_to_end(job, tmp_path):
   config = load(f"configs/{job}.py:runlocal")
   with config.unlocked():
     config.finetune.steps = 2
-  folders = main_lib.get_job(config.job)(config, str(tmp_path))
+  folders = jobs.get(config.job)(config, str(tmp_path))
   assert len(folders) == 1
   meta = check_outputs(folders[0], 8, 16, 32, with_input=job != "subject")
   assert meta["prompt"] == config.prompts[0]
@@ -81,13 +81,13 @@ def test_bad_inputs_give_clear_errors(tmp_path):
   with config.unlocked():
     config.input = str(tmp_path / "missing.mp4")
   with pytest.raises(FileNotFoundError, match="missing.mp4"):
-    main_lib.get_job("edit")(config, str(tmp_path))
+    jobs.get("edit")(config, str(tmp_path))
   config = load("configs/edit.py:runlocal")
   with config.unlocked():
     config.noise_levels = (1.5,)
   with pytest.raises(ValueError, match=r"\[0, 1\]"):
-    main_lib.get_job("edit")(config, str(tmp_path))
+    jobs.get("edit")(config, str(tmp_path))
   with pytest.raises(ValueError, match="Unknown config argument"):
     load("configs/edit.py:vidoe=x.mp4")
   with pytest.raises(ValueError, match="Unknown job"):
-    main_lib.get_job("train")
+    jobs.get("train")

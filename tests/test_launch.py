@@ -13,7 +13,7 @@ import nbclient
 import nbformat
 import pytest
 
-from dreamix_jax.jobs import sweep
+from dreamix_jax.dreamix import sweep
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "launch" / "colab" / "dreamix.ipynb"

@@ -14,7 +14,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from dreamix_jax import cascade as cascade_lib, parallel
-from dreamix_jax.dreamix import finetune
+from dreamix_jax.dreamix import finetune, objective
 from dreamix_jax.backbones import unet
 from dreamix_jax.train import checkpoints, loop as loop_lib, losses, state as state_lib
 
@@ -48,8 +48,9 @@ def setup():
 
 
 def _step_fn(cascade, stage, optimizer, counter=None):
-  _, apply = unet.make_denoiser(stage.unet)
-  mixed = losses.make_mixed_loss(losses.make_stage_loss(apply, stage, cascade.schedule), stage, 0.35)
+  apply = cascade.denoiser(stage)
+  mixed = objective.make_mixed_loss(losses.make_stage_loss(apply, stage, cascade.schedule), stage,
+                                    0.35)
 
   def loss(params, batch, rng):
     if counter is not None:
@@ -178,7 +179,7 @@ def test_unet_gradient_on_three_axis_mesh(setup):
   A regression test for the 'activation_batch' rule: with it ordered ("data", "fsdp") this
   gradient was off by ~6% of its largest entry (forward exact); see parallel.DEFAULT_RULES."""
   cascade, stage, params, _, layout, _ = setup
-  _, apply = unet.make_denoiser(stage.unet)
+  apply = cascade.denoiser(stage)
   b, t = 4, stage.shape[0]
   k = jax.random.split(jax.random.PRNGKey(5), 4)
   z = jax.random.normal(k[0], (b,) + stage.shape + (3,))
@@ -218,10 +219,9 @@ def test_remat_policies_keep_params_and_gradients(setup):
   cascade, stage, params, batch, *_ = setup
   grads = {}
   for policy in ("none", "dots_saveable"):
-    cfg = dataclasses.replace(stage.unet, remat=policy)
-    s = dataclasses.replace(stage, unet=cfg)
-    _, apply = unet.make_denoiser(cfg)
-    loss_fn = losses.make_stage_loss(apply, s, cascade.schedule)
+    backbone = unet.UNetBackbone(dataclasses.replace(stage.backbone.config, remat=policy))
+    s = dataclasses.replace(stage, backbone=backbone)
+    loss_fn = losses.make_stage_loss(cascade.denoiser(s), s, cascade.schedule)
     assert jax.tree_util.tree_structure(cascade.abstract_params(s)) == \
         jax.tree_util.tree_structure(cascade.abstract_params(stage))
     grads[policy] = jax.jit(jax.grad(lambda p: loss_fn(p, batch, jax.random.PRNGKey(0)).mean()))(

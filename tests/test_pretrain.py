@@ -126,7 +126,7 @@ def test_pretrain_runs_resumes_and_exports(tmp_path):
   assert int(cont.step) == 7 and [h["step"] for h in history] == [7]
   # ... and with a module added to the stage since (the frame embedding): it must be named.
   with config.unlocked():
-    config.cascade.stages.base.unet.frame_embedding = True
+    config.cascade.stages.base.backbone.frame_embedding = True
   with pytest.raises(checkpoints.CheckpointError, match="missing.*frame_emb"):
     pretrain.run(config, str(tmp_path / "grown_unnamed"))
   with config.unlocked():
@@ -136,7 +136,7 @@ def test_pretrain_runs_resumes_and_exports(tmp_path):
   assert set(grown.params) == set(cont.params) | {"frame_emb"}
   # Resuming that workdir without the module: its orbax state no longer fits, said plainly.
   with config.unlocked():
-    config.cascade.stages.base.unet.frame_embedding = False
+    config.cascade.stages.base.backbone.frame_embedding = False
     config.init_from_new_modules = ()
     config.steps = 8
   with pytest.raises(checkpoints.CheckpointError,

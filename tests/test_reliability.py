@@ -28,7 +28,7 @@ import safetensors.numpy
 
 from dreamix_jax import cascade as cascade_lib
 from dreamix_jax.data import outputs, video as video_io
-from dreamix_jax.jobs import common, edit, pretrain
+from dreamix_jax.jobs import common, edit, pretrain, subject
 from dreamix_jax.train import checkpoints, loop as loop_lib, preemption, state as state_lib
 from tests.test_jobs import load
 
@@ -273,24 +273,24 @@ def test_edit_output_dir_resumes_unfinished_runs_only(tmp_path):
   config = load("configs/edit.py:runlocal")
   with config.unlocked():
     config.overwrite = False
-  path = edit.open_output_dir(str(tmp_path), "edit", config)
+  path = common.open_output_dir(str(tmp_path), "edit", config)
   os.makedirs(os.path.join(path, "finetune", "base", "2"))  # an unfinished finetune
-  assert edit.open_output_dir(str(tmp_path), "edit", config) == path  # resumed, state kept
+  assert common.open_output_dir(str(tmp_path), "edit", config) == path  # resumed, state kept
   assert os.path.isdir(os.path.join(path, "finetune", "base", "2"))
   changed = load("configs/edit.py:runlocal")
   with changed.unlocked():
     changed.overwrite, changed.finetune.alpha = False, 0.5
   with pytest.raises(FileExistsError, match=r"unfinished run started with other settings "
                                             r"\(differing: \['finetune'\]\)"):
-    edit.open_output_dir(str(tmp_path), "edit", changed)
-  edit._mark_finished(path)
+    common.open_output_dir(str(tmp_path), "edit", changed)
+  common.mark_finished(path)
   with pytest.raises(FileExistsError, match="already holds a finished run.*overwrite=True"):
-    edit.open_output_dir(str(tmp_path), "edit", config)
+    common.open_output_dir(str(tmp_path), "edit", config)
   with config.unlocked():
     config.overwrite = True
-  assert edit.open_output_dir(str(tmp_path), "edit", config) == path
+  assert common.open_output_dir(str(tmp_path), "edit", config) == path
   assert not os.path.exists(os.path.join(path, "finetune"))  # no stale state in a new run
-  assert os.path.isfile(os.path.join(path, edit.RUN_MARKER))
+  assert os.path.isfile(os.path.join(path, common.RUN_MARKER))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -354,14 +354,14 @@ def inputs(tmp_path_factory):
 ])
 def test_bad_videos(inputs, tmp_path, name, error, pattern):
   config = _edit(tmp_path, input=str(inputs / name))
-  _fails(edit.run_edit, config, tmp_path / "work", error, pattern)
+  _fails(edit.run, config, tmp_path / "work", error, pattern)
 
 
 def test_empty_subject_folder(inputs, tmp_path):
   config = load("configs/subject.py:runlocal")
   with config.unlocked():
     config.input = str(inputs / "no_subject")
-  _fails(edit.run_subject, config, tmp_path / "work", video_io.VideoInputError,
+  _fails(subject.run, config, tmp_path / "work", video_io.VideoInputError,
          r"holds no images; put images")
 
 
@@ -378,7 +378,7 @@ def test_empty_subject_folder(inputs, tmp_path):
 def test_out_of_range_settings(inputs, tmp_path, override, pattern):
   # The settings are checked before the input is even looked at.
   config = _edit(tmp_path, input=str(tmp_path / "not_read.mp4"), **override)
-  _fails(edit.run_edit, config, tmp_path / "work", ValueError, pattern)
+  _fails(edit.run, config, tmp_path / "work", ValueError, pattern)
 
 
 def test_pretrain_bad_settings_leave_nothing(tmp_path):
@@ -399,7 +399,7 @@ def foreign_cascade(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("foreign")
   config = load("configs/edit.py:runlocal")
   with config.unlocked():
-    config.cascade.stages.base.unet.channels *= 2
+    config.cascade.stages.base.backbone.channels *= 2
   cascade = cascade_lib.Cascade.from_config(config.cascade)
   for stage in cascade.stages:
     zeros = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype),
@@ -410,7 +410,7 @@ def foreign_cascade(tmp_path_factory):
 
 def test_checkpoint_for_another_config_lists_names_and_shapes(inputs, foreign_cascade, tmp_path):
   config = _edit(tmp_path, input=_mp4(tmp_path / "in.mp4", 24), checkpoint=str(foreign_cascade))
-  message = _fails(edit.run_edit, config, tmp_path / "work", checkpoints.CheckpointError,
+  message = _fails(edit.run, config, tmp_path / "work", checkpoints.CheckpointError,
                    r"base.safetensors does not fit the configured model \(was it made with a "
                    r"different config\?\)")
   assert re.search(r"wrong shape \(\d+\): \S+: checkpoint \(\d+(, \d+)*\) vs model \(\d+", message)
@@ -424,8 +424,8 @@ def test_missing_stage_in_a_cascade_checkpoint(foreign_cascade, tmp_path):
     (partial / name).write_bytes((foreign_cascade / name).read_bytes())
   with config.unlocked():
     config.checkpoint = str(partial)
-    config.cascade.stages.base.unet.channels *= 2  # so that base fits and the gap shows first
-  _fails(edit.run_edit, config, tmp_path / "work", checkpoints.CheckpointError,
+    config.cascade.stages.base.backbone.channels *= 2  # so that base fits and the gap shows first
+  _fails(edit.run, config, tmp_path / "work", checkpoints.CheckpointError,
          r"has no stage 'tsr' .*it has stages \['base'\]")
 
 

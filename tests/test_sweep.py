@@ -12,8 +12,8 @@ from PIL import Image
 
 from dreamix_jax import cascade as cascade_lib
 from dreamix_jax.data import outputs
-from dreamix_jax.dreamix import finetune_steps
-from dreamix_jax.jobs import sweep
+from dreamix_jax.dreamix import finetune, sweep
+from dreamix_jax.jobs import sweep as sweep_job
 from config_loading import load
 
 
@@ -67,9 +67,9 @@ def test_intermediate_states_equal_shorter_runs():
   video = rng.uniform(-1, 1, (1, 4, 8, 16, 3)).astype(np.float32)
   text = rng.normal(size=(1, 16, 64)).astype(np.float32)
   mask = np.ones((1, 16), bool)
-  read = dict(finetune_steps.finetune_at_steps(cascade, params, video, text, mask, cfg, [3, 1]))
+  read = dict(finetune.finetune_at_steps(cascade, params, video, text, mask, cfg, [3, 1]))
   assert sorted(read) == [1, 3]
-  direct = dict(finetune_steps.finetune_at_steps(cascade, params, video, text, mask, cfg, [1]))
+  direct = dict(finetune.finetune_at_steps(cascade, params, video, text, mask, cfg, [1]))
   first = jax.tree_util.tree_leaves(read[1]["base"])
   np.testing.assert_array_equal(first[0], jax.tree_util.tree_leaves(direct[1]["base"])[0])
   assert any(not np.array_equal(a, b) for a, b in zip(
@@ -90,7 +90,7 @@ class _Sources(html.parser.HTMLParser):
 
 def test_sweep_runlocal_end_to_end(tmp_path):
   config = load("configs/sweep.py:runlocal")
-  folders = sweep.run(config, str(tmp_path))
+  folders = sweep_job.run(config, str(tmp_path))
   root = tmp_path / "sweep" / "sweep"
   settings = sweep.parse_settings(config.settings, config.alphas)
   assert len(folders) == len(settings) == 8

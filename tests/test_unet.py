@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dreamix_jax.backbones import unet
-from param_utils import randomise
+from dreamix_jax.backbones import base as backbone_base, unet
+from param_utils import randomise, unet_abstract, unet_init
 
 B, T, H, W, L, D = 2, 5, 8, 16, 6, 12  # odd frame count on purpose
 
@@ -23,13 +23,13 @@ SR = unet.UNetConfig(channels=8, channel_mult=(1, 2), num_res_blocks=(1, 1), att
 
 @pytest.fixture(scope="module")
 def fresh_params():
-  return unet.init_params(BASE, jax.random.PRNGKey(0), frames=T, height=H, width=W, text_len=L,
+  return unet_init(BASE, jax.random.PRNGKey(0), frames=T, height=H, width=W, text_len=L,
                           text_dim=D)
 
 
 @pytest.fixture(scope="module")
 def base(fresh_params):
-  _, apply = unet.make_denoiser(BASE)
+  apply = unet.UNetBackbone(BASE).apply
   return randomise(fresh_params, 1), jax.jit(apply)
 
 
@@ -50,9 +50,9 @@ def test_output_shapes_every_kind_and_odd_frames(base, inputs):
   assert out.shape == (B, T, H, W, 3) and out.dtype == jnp.float32
   assert bool(jnp.all(jnp.isfinite(out)))
   # Per-example log-SNR and an SR stage with conditioning, 3 frames.
-  sr_params = unet.init_params(SR, jax.random.PRNGKey(3), frames=3, height=8, width=8, text_len=L,
+  sr_params = unet_init(SR, jax.random.PRNGKey(3), frames=3, height=8, width=8, text_len=L,
                                text_dim=D)
-  _, sr_apply = unet.make_denoiser(SR)
+  sr_apply = unet.UNetBackbone(SR).apply
   low = z[:, :3, :, :8]
   out = sr_apply(sr_params, low, logsnr[:, 0], text, mask, cond=low, cond_logsnr=jnp.zeros((B,)))
   assert out.shape == (B, 3, 8, 8, 3)
@@ -131,12 +131,12 @@ def test_fresh_temporal_layers_are_identity(base, fresh_params, inputs):
 
 
 def test_parameter_count_exact_and_abstract_matches(fresh_params):
-  abstract = unet.abstract_params(BASE, frames=T, height=H, width=W, text_len=L, text_dim=D)
+  abstract = unet_abstract(BASE, frames=T, height=H, width=W, text_len=L, text_dim=D)
   concrete = fresh_params
-  assert unet.count_params(abstract) == unet.count_params(concrete)
+  assert backbone_base.count_params(abstract) == backbone_base.count_params(concrete)
 def test_bad_shapes_and_config_errors():
   with pytest.raises(ValueError, match="divisible"):
-    unet.init_params(BASE, jax.random.PRNGKey(0), frames=2, height=7, width=16, text_len=L,
+    unet_init(BASE, jax.random.PRNGKey(0), frames=2, height=7, width=16, text_len=L,
                      text_dim=D)
   with pytest.raises(ValueError, match="out of range"):
     unet.UNetConfig(channel_mult=(1, 2), num_res_blocks=(1, 1), attn_levels=(3,))
@@ -151,11 +151,11 @@ def test_frames_only_equals_all_masked(base, inputs, remat):
   params, _ = base
   z, logsnr, text, mask = inputs
   low = z[:, :, :, :8]
-  sr_params = randomise(unet.init_params(SR, jax.random.PRNGKey(4), frames=T, height=H, width=8,
+  sr_params = randomise(unet_init(SR, jax.random.PRNGKey(4), frames=T, height=H, width=8,
                                          text_len=L, text_dim=D), 5)
   for config, p, kwargs, x in ((BASE, params, {}, z),
                                (SR, sr_params, dict(cond=low, cond_logsnr=logsnr[:, 0]), low)):
-    _, apply = unet.make_denoiser(dataclasses.replace(config, remat=remat))
+    apply = unet.UNetBackbone(dataclasses.replace(config, remat=remat)).apply
 
     def loss(p, frames_only, apply=apply, kwargs=kwargs, x=x):
       extra = dict(frames_only=True) if frames_only else dict(temporal_mask=jnp.ones((B,)))
@@ -177,5 +177,5 @@ def test_frames_only_equals_all_masked(base, inputs, remat):
       if "temporal_conv" in name:
         assert float(jnp.abs(a).max()) == 0.0, name
   with pytest.raises(ValueError, match="frames_only"):
-    unet.make_denoiser(BASE)[1](params, z, logsnr, text, mask, temporal_mask=jnp.ones((B,)),
+    unet.UNetBackbone(BASE).apply(params, z, logsnr, text, mask, temporal_mask=jnp.ones((B,)),
                                 frames_only=True)

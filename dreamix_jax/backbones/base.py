@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Protocol
 
+import flax.linen as nn
 import jax
 
 PREDICTIONS = ("v", "eps")
@@ -82,3 +83,8 @@ def check(backbone: Backbone) -> Backbone:
     raise ValueError(f"Backbone {type(backbone).__name__} takes {backbone.time_input!r} as its "
                      f"noise level; supported: {TIME_INPUTS}.")
   return backbone
+
+
+def count_params(params) -> int:
+  """Number of parameters of a (possibly boxed, possibly abstract) parameter tree."""
+  return sum(int(x.size) for x in jax.tree_util.tree_leaves(nn.meta.unbox(params)))

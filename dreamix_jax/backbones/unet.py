@@ -279,6 +279,8 @@ class UNetBackbone:
     if spec.channels != self.config.out_channels:
       raise ValueError(f"The U-Net predicts {self.config.out_channels} channels but the stage's "
                        f"inputs have {spec.channels}; set backbone.out_channels={spec.channels}.")
+    if self.config.conditional != (spec.cond_channels > 0):
+      raise ValueError("backbone.conditional must be True exactly for super-resolution stages.")
     make = (lambda shape, dt: jax.ShapeDtypeStruct(shape, dt)) if abstract else jnp.zeros
     f, h, w = spec.frames, spec.height, spec.width
     args = (make((1, f, h, w, spec.channels), jnp.float32), make((1,), jnp.float32),
@@ -286,10 +288,6 @@ class UNetBackbone:
             make((1, spec.text_len), jnp.bool_))
     kwargs = {}
     if self.config.conditional:
-      kwargs = dict(cond=make((1, f, h, w, spec.cond_channels or spec.channels), jnp.float32),
+      kwargs = dict(cond=make((1, f, h, w, spec.cond_channels), jnp.float32),
                     cond_logsnr=make((1,), jnp.float32))
     return args, kwargs
-
-
-def count_params(params) -> int:
-  return sum(int(x.size) for x in jax.tree_util.tree_leaves(nn.meta.unbox(params)))

@@ -71,8 +71,11 @@ def _check_fps(fps: float) -> float:
 
 
 @contextlib.contextmanager
-def _atomic_destination(path: str | os.PathLike) -> Iterator[str]:
-  """Yields a temporary path beside `path`; moves it onto `path` only if the block succeeds."""
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+  """Yields a temporary path beside `path` (same extension, so ffmpeg and PIL pick the format);
+  moves it onto `path` only if the block succeeds, else removes it. The project's one atomic
+  writer: outputs, report tables, checkpoints' safetensors and JSON, and the embedding cache all
+  write through it."""
   destination = pathlib.Path(path)
   if destination.is_dir():
     raise ValueError(f"Output path {destination} is a folder; give a file name.")
@@ -107,7 +110,7 @@ def write_mp4(path: str | os.PathLike, video: Any, fps: float) -> None:
   fps = _check_fps(fps)
   _, height, width, _ = frames.shape
   frames = np.pad(frames, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
-  with _atomic_destination(path) as temporary:
+  with atomic_path(path) as temporary:
     writer = imageio_ffmpeg.write_frames(
         temporary, (frames.shape[2], frames.shape[1]), fps=fps, codec="libx264", quality=None,
         macro_block_size=1, ffmpeg_log_level="error",
@@ -142,7 +145,7 @@ def write_gif(path: str | os.PathLike, video: Any, fps: float) -> None:
   delays_ms = [10 * int(delay) for delay in np.diff(starts_cs)]
   images = [Image.fromarray(frame).quantize(colors=256, method=Image.Quantize.MEDIANCUT,
                                             dither=Image.Dither.NONE) for frame in frames]
-  with _atomic_destination(path) as temporary:
+  with atomic_path(path) as temporary:
     images[0].save(temporary, format="GIF", save_all=True, append_images=images[1:],
                    duration=delays_ms, loop=0)
 
@@ -164,7 +167,7 @@ def write_png(path: str | os.PathLike, image: Any) -> None:
   array = to_uint8(image)
   if array.ndim != 3 or array.shape[-1] != 3:
     raise ValueError(f"Expected an (H, W, 3) image, got shape {array.shape}.")
-  with _atomic_destination(path) as temporary:
+  with atomic_path(path) as temporary:
     Image.fromarray(array).save(temporary, format="PNG")
 
 
@@ -209,7 +212,7 @@ def write_comparison_png(path: str | os.PathLike, rows: Sequence[Any],
   if labels is not None:
     strips = [_with_label_band(strip, label) for strip, label in zip(strips, labels)]
   grid = Image.fromarray(np.concatenate(strips, axis=0))
-  with _atomic_destination(path) as temporary:
+  with atomic_path(path) as temporary:
     grid.save(temporary, format="PNG")
 
 
@@ -241,6 +244,6 @@ def write_json(path: str | os.PathLike, obj: dict) -> None:
   if not isinstance(obj, dict):
     raise ValueError(f"write_json writes a dict, got {type(obj).__name__}.")
   text = json.dumps(obj, indent=2, default=_json_default, allow_nan=False, ensure_ascii=False)
-  with _atomic_destination(path) as temporary:
+  with atomic_path(path) as temporary:
     with open(temporary, "w", encoding="utf-8") as f:
       f.write(text + "\n")

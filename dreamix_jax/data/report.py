@@ -6,42 +6,24 @@ reader never sees half a table.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import math
 import os
-import tempfile
-from typing import Iterator, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
+
+from dreamix_jax.data import outputs
 
 # Bar colors of the chart's groups (cycled).
 _PALETTE = ((76, 114, 176), (221, 132, 82), (85, 168, 104), (196, 78, 82), (129, 114, 179),
             (147, 120, 96))
 
 
-@contextlib.contextmanager
-def _atomic(path: str) -> Iterator[str]:
-  """Yields a temporary path beside `path` (same extension); renames it onto `path` on success."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, temporary = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
-                                   suffix=os.path.splitext(path)[1] + ".tmp")
-  os.close(fd)
-  try:
-    yield temporary
-    os.chmod(temporary, 0o644)  # mkstemp makes 0600 files; results are ordinary readable files
-    os.replace(temporary, path)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.remove(temporary)
-    raise
-
-
 def write_text(path: str, text: str) -> None:
   """Writes `text` (UTF-8) to `path` atomically, creating the folder."""
-  with _atomic(path) as temporary:
+  with outputs.atomic_path(path) as temporary:
     with open(temporary, "w", encoding="utf-8", newline="") as f:
       f.write(text)
 
@@ -135,5 +117,5 @@ def write_bar_chart(path: str, groups: Sequence[str], series: Mapping[str, Seque
     y = top + 16 * s
     draw.rectangle([x_legend, y + 2, x_legend + 9, y + 11], fill=_PALETTE[s % len(_PALETTE)])
     draw.text((x_legend + 13, y), name, fill=(0, 0, 0), font=font)
-  with _atomic(path) as temporary:
+  with outputs.atomic_path(path) as temporary:
     image.save(temporary, format="PNG")

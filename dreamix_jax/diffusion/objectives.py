@@ -33,8 +33,8 @@ def sample_logsnr(rng, shape, schedule: schedules.CosineLogSNR, *, t_max: float 
 
   A negative `shift` is the "shifted cosine" of simple diffusion (Hoogeboom et al., 2023): it moves
   training towards noisier inputs, where redundant pixels (many frames showing one object, or a
-  high resolution) no longer give the content away. (On the moving-shapes base stage, −2 did not
-  help motion in a 396-step A/B; see the README.)
+  high resolution) no longer give the content away (measured on the moving-shapes base:
+  docs/motion_direction.md).
   """
   lam = schedule.logsnr(jax.random.uniform(rng, shape, maxval=t_max))
   if shift:

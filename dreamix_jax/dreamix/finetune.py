@@ -1,31 +1,40 @@
 """Mixed video-image finetuning of a cascade on one input (paper §4.2, App. C.2).
 
-Each finetuned stage learns to denoise the input at its own resolution, conditioned on the rare
-prompt t*: the base on the video downsampled to 16×24×40, an SR stage on (its input view → its output
-view) pairs with noise-conditioning augmentation. The objective is α·L_vid + (1 − α)·L_frame (one
-jitted step; the frame variant's U-Net call in its frames-only form; see
-`dreamix_jax.train.losses.make_mixed_loss`). α = 0 finetunes on frames only (image-to-video and
-subject-driven generation, where there is no real video).
+Each finetuned stage learns to denoise the input at its own resolution (through the cascade's
+autoencoder), conditioned on the rare prompt t*: the base on the video downsampled to its size, an
+SR stage on (its input view → its output view) pairs with noise-conditioning augmentation. The
+objective is α·L_vid + (1 − α)·L_frame (one jitted step; `dreamix.objective.make_mixed_loss`).
+α = 0 finetunes on frames only (image-to-video and subject-driven generation, where there is no
+real video).
 
-Checkpoints go to `<workdir>/finetune/<stage>/` (orbax, resumable: every `checkpoint_every` steps
-and `checkpoint_every_minutes`, and on SIGTERM/SIGINT); the finetuned parameters are exported to
-`<workdir>/finetuned_cascade/` beside — never over — the pretrained cascade (by process 0).
+Two ways to run it, one trainer (`_trainer`, cached per stage and objective so every finetune with
+the same settings reuses its compiled step):
+- `finetune_cascade`: the job's finetune. Checkpoints go to `<workdir>/finetune/<stage>/` (orbax,
+  resumable: every `checkpoint_every` steps and `checkpoint_every_minutes`, and on SIGTERM/SIGINT);
+  the finetuned parameters are exported to `<workdir>/finetuned_cascade/` beside — never over — the
+  pretrained cascade (by process 0).
+- `finetune_at_steps`: the sweep's, read out at several step counts from one run. Training is a
+  pure function of the step (fixed batch, step randomness `fold_in(seed, step)`, a learning-rate
+  schedule of the optimizer's update count), so the 150-step parameters of a 300-step run are
+  exactly those of a 150-step run: it trains to the smallest count, hands the parameters out and
+  continues.
 With `cascade.layout` set, the state is sharded on its mesh and the step is jitted with shardings.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+from typing import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-from absl import logging
 
 from dreamix_jax import cascade as cascade_lib, parallel
-from dreamix_jax.dreamix import corrupt
-from dreamix_jax.backbones import unet
+from dreamix_jax.diffusion import parametrisation
+from dreamix_jax.dreamix import corrupt, objective
 from dreamix_jax.train import checkpoints, loop as loop_lib, losses, state as state_lib
 
 
@@ -57,52 +66,108 @@ def check_config(cfg: ml_collections.ConfigDict) -> None:
 
 
 def stage_views(cascade: cascade_lib.Cascade, video, top_stage: str) -> dict:
-  """{stage name: the input at that stage's resolution} for every stage up to `top_stage`.
+  """{stage name: the input at that stage's resolution, encoded} for every stage up to `top_stage`.
 
-  video: (1, T, H, W, 3) at `top_stage`'s resolution (a collection of images is packed as the
-  frames of one video; with α = 0 their order does not matter).
+  video: (1, T, H, W, 3) pixels at `top_stage`'s resolution (a collection of images is packed as
+  the frames of one video; with α = 0 their order does not matter). Views are
+  (1, *cascade.latent_shape(stage)).
   """
   views = {}
   for name in cascade.names[:cascade.names.index(top_stage) + 1]:
-    views[name] = corrupt.to_stage(cascade, video, top_stage, name)
+    views[name] = cascade.encode(corrupt.to_stage(cascade, video, top_stage, name))
   return views
+
+
+@functools.lru_cache(maxsize=None)
+def _trainer(schedule, stage: cascade_lib.Stage, alpha: float, weighting: str, ema_decay: float,
+             optimizer_items: tuple):
+  """(optimizer, un-jitted train step) for one stage and objective; every argument is hashable
+  by value, so equal settings share the step and jit reuses its program."""
+  apply = parametrisation.v_on_logsnr(stage.backbone, schedule)
+  loss_fn = losses.make_stage_loss(apply, stage, schedule, weighting=weighting)
+  mixed = objective.make_mixed_loss(loss_fn, stage, alpha)
+  optimizer_cfg = ml_collections.ConfigDict(dict(optimizer_items))
+  optimizer = state_lib.make_optimizer(optimizer_cfg)
+  return optimizer, state_lib.make_train_step(
+      mixed, optimizer, ema_decay=ema_decay,
+      learning_rate=state_lib.learning_rate_schedule(optimizer_cfg))
+
+
+def _start(cascade: cascade_lib.Cascade, stage: cascade_lib.Stage, params, views: dict, text,
+           text_mask, cfg: ml_collections.ConfigDict):
+  """(train state, its shardings or None, train step, the fixed batch) of one stage's finetune."""
+  optimizer, step_fn = _trainer(cascade.schedule, stage,
+                                float(cfg.alpha), cfg.weighting, float(cfg.ema_decay),
+                                tuple(sorted(cfg.optimizer.to_dict().items())))
+  if cascade.layout is None:
+    state, shardings = state_lib.init_state(params, optimizer, ema=cfg.ema_decay > 0), None
+  else:
+    state, shardings = state_lib.init_state_on(cascade.layout, cascade.abstract_params(stage),
+                                               params, optimizer, ema=cfg.ema_decay > 0)
+  rep = lambda x: jnp.repeat(jnp.asarray(x), cfg.batch_size, axis=0)
+  batch = dict(video=rep(views[stage.name]), text=rep(text), text_mask=rep(text_mask),
+               temporal_mask=jnp.zeros((cfg.batch_size,), jnp.float32))
+  if stage.conditional:
+    batch["low"] = rep(views[cascade.previous(stage).name])
+  return state, shardings, step_fn, batch
+
+
+def _loop_config(cfg, steps: int, name: str, checkpoint_every: int, minutes: float):
+  return loop_lib.LoopConfig(steps=steps, seed=cfg.seed, log_every=cfg.log_every,
+                             checkpoint_every=checkpoint_every, checkpoint_every_minutes=minutes,
+                             on_nonfinite=cfg.on_nonfinite, name=f"finetune/{name}")
 
 
 def finetune_stage(cascade: cascade_lib.Cascade, stage: cascade_lib.Stage, params, views: dict,
                    text, text_mask, cfg: ml_collections.ConfigDict, workdir: str | None):
-  """Finetunes one stage; returns (params to sample with, logged metrics).
+  """Finetunes one stage for `cfg.steps` steps; returns (params to sample with, logged metrics).
 
-  views: stage name -> (1, T, H, W, 3) input views; text, text_mask: (1, L, D), (1, L) for t*.
+  views: stage name -> (1, *latent_shape) input views; text, text_mask: (1, L, D), (1, L) for t*.
   """
-  _, apply = unet.make_denoiser(stage.unet)
-  loss_fn = losses.make_stage_loss(apply, stage, cascade.schedule, weighting=cfg.weighting)
-  mixed = losses.make_mixed_loss(loss_fn, stage, cfg.alpha)
-  optimizer = state_lib.make_optimizer(cfg.optimizer)
-  step_fn = state_lib.make_train_step(mixed, optimizer, ema_decay=cfg.ema_decay,
-                                      learning_rate=state_lib.learning_rate_schedule(cfg.optimizer))
-  layout, state_shardings = cascade.layout, None
-  if layout is None:
-    train_state = state_lib.init_state(params, optimizer, ema=cfg.ema_decay > 0)
-  else:
-    train_state, state_shardings = state_lib.init_state_on(
-        layout, cascade.abstract_params(stage), params, optimizer, ema=cfg.ema_decay > 0)
-
-  b = cfg.batch_size
-  rep = lambda x: jnp.repeat(x, b, axis=0)
-  batch = dict(video=rep(views[stage.name]), text=rep(text), text_mask=rep(text_mask),
-               temporal_mask=jnp.zeros((b,), jnp.float32))
-  if stage.kind != "base":
-    batch["low"] = rep(views[cascade.names[cascade.names.index(stage.name) - 1]])
-
-  loop_cfg = loop_lib.LoopConfig(steps=cfg.steps, seed=cfg.seed, log_every=cfg.log_every,
-                                 checkpoint_every=cfg.checkpoint_every,
-                                 checkpoint_every_minutes=cfg.get("checkpoint_every_minutes", 0.0),
-                                 on_nonfinite=cfg.on_nonfinite, name=f"finetune/{stage.name}")
+  state, shardings, step_fn, batch = _start(cascade, stage, params, views, text, text_mask, cfg)
+  loop_cfg = _loop_config(cfg, cfg.steps, stage.name, cfg.checkpoint_every,
+                          cfg.get("checkpoint_every_minutes", 0.0))
   ckpt_dir = os.path.join(workdir, "finetune", stage.name) if workdir else None
-  final, history = loop_lib.run(loop_cfg, train_state, step_fn, lambda step: batch,
+  final, history = loop_lib.run(loop_cfg, state, step_fn, lambda step: batch,
                                 checkpoint_dir=ckpt_dir, meta={"stage": stage.name},
-                                layout=layout, state_shardings=state_shardings)
+                                layout=cascade.layout, state_shardings=shardings)
   return final.eval_params, history
+
+
+def finetune_at_steps(cascade: cascade_lib.Cascade, params: dict, video, text, text_mask,
+                      cfg: ml_collections.ConfigDict, steps: Sequence[int]
+                      ) -> Iterator[tuple[int, dict]]:
+  """Yields `(k, params finetuned for k steps)` for each k of `sorted(set(steps))`.
+
+  video: (1, T, H, W, 3) at the resolution of the highest stage in `cfg.stages`; text, text_mask:
+  (1, L, D), (1, L) for t*. `cfg` is a `finetune_config` (its `steps` is ignored). Stages not in
+  `cfg.stages` keep `params`. k = 0 yields `params` unchanged. No orbax checkpoints: these runs
+  are short and their parameters are consumed at once.
+  """
+  targets = sorted(set(int(k) for k in steps))
+  if not targets or targets[0] < 0:
+    raise ValueError(f"Finetuning step counts must be a non-empty set of integers >= 0, got "
+                     f"{list(steps)}.")
+  names = finetuned_stages(cascade, cfg)
+  views = stage_views(cascade, jnp.asarray(video), names[-1]) if names else {}
+  runs = {name: _start(cascade, cascade.stage(name), params[name], views, text, text_mask, cfg)
+          for name in names}
+  states = {name: run[0] for name, run in runs.items()}
+  for k in targets:
+    for name, (_, shardings, step_fn, batch) in runs.items():
+      states[name], _ = loop_lib.run(_loop_config(cfg, k, name, max(k, 1), 0.0), states[name],
+                                     step_fn, lambda step, batch=batch: batch, checkpoint_dir=None,
+                                     layout=cascade.layout, state_shardings=shardings)
+    yield k, dict(params, **{name: states[name].eval_params for name in names})
+
+
+def finetuned_stages(cascade: cascade_lib.Cascade, cfg: ml_collections.ConfigDict) -> list[str]:
+  """The stages of `cfg.stages` in cascade order; a name the cascade lacks is an error."""
+  unknown = sorted(set(cfg.stages) - set(cascade.names))
+  if unknown:
+    raise ValueError(f"finetune.stages names {unknown}, which cascade has no such stage (stages: "
+                     f"{cascade.names}); fix --config.finetune.stages.")
+  return [n for n in cascade.names if n in cfg.stages]
 
 
 def finetune_cascade(cascade: cascade_lib.Cascade, params: dict, video, text, text_mask,
@@ -114,11 +179,7 @@ def finetune_cascade(cascade: cascade_lib.Cascade, params: dict, video, text, te
   exported to `<workdir>/finetuned_cascade/` when a workdir is given. With a `timer`
   (`jobs.common.Timer`) each stage is timed as phase `finetune_<stage>`.
   """
-  names = [n for n in cascade.names if n in cfg.stages]
-  unknown = sorted(set(cfg.stages) - set(cascade.names))
-  if unknown:
-    logging.warning("finetune.stages names %s, which this cascade (%s) does not have; skipped.",
-                    unknown, cascade.names)
+  names = finetuned_stages(cascade, cfg)
   if not names:
     return params, {}
   views = stage_views(cascade, video, names[-1])
@@ -141,5 +202,5 @@ def finetune_cascade(cascade: cascade_lib.Cascade, params: dict, video, text, te
 
 def top_finetune_stage(cascade: cascade_lib.Cascade, cfg: ml_collections.ConfigDict) -> str:
   """The highest-resolution stage the finetune touches (the base stage when finetuning is off)."""
-  names = [n for n in cascade.names if cfg.enabled and n in cfg.stages]
+  names = finetuned_stages(cascade, cfg) if cfg.enabled else []
   return names[-1] if names else cascade.names[0]

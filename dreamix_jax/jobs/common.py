@@ -1,9 +1,12 @@
-"""What every job shares: loading the cascade and text encoder, output folders, writing results."""
+"""What every job shares: loading the cascade and text encoder, output folders (resumable ones for
+the finetuning jobs), writing results."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import time
 
 import jax
@@ -16,11 +19,9 @@ from dreamix_jax.data import outputs
 from dreamix_jax.text import text_encoder
 from dreamix_jax.train import checkpoints
 
-
-def text_config(t5_dir: str = "", cache_dir: str = "") -> ml_collections.ConfigDict:
-  """`t5_dir`: a local Hugging Face T5 directory; `cache_dir`: an embedding cache (written when a
-  T5 directory is given, read alone otherwise)."""
-  return ml_collections.ConfigDict(dict(t5_dir=t5_dir, cache_dir=cache_dir))
+RUN_MARKER = ".unfinished.json"
+# Left out of the settings a resumed run must share with the one it continues.
+_NOT_SETTINGS = ("overwrite", "distributed")
 
 
 def load_cascade(config: ml_collections.ConfigDict, upto: str = ""):
@@ -73,6 +74,51 @@ def output_dir(workdir: str, job: str, name: str, overwrite: bool) -> str:
                           "--config.name or --workdir, or pass --config.overwrite=True.")
   os.makedirs(path, exist_ok=True)
   return path
+
+
+def open_output_dir(workdir: str, job: str, config) -> str:
+  """`<workdir>/<job>/<config.name>/` for a run of `config`, resuming an unfinished one.
+
+  - missing or empty: created, with a `RUN_MARKER` holding the run's settings;
+  - holding an unfinished run (a marker) with the same settings: reused as is, so its finetune
+    resumes from `finetune/<stage>/` and its results are (re)written;
+  - holding a finished run, or an unfinished one with other settings: refused, unless
+    `config.overwrite`, which discards its finetune state (`finetune/`, `finetuned_cascade/`) so
+    that none of it leaks into the new run, and keeps other files until they are rewritten.
+  """
+  path = os.path.join(workdir, job, config.name)
+  marker = os.path.join(path, RUN_MARKER)
+  settings = run_settings(config)
+  if os.path.isfile(marker):
+    with open(marker) as f:
+      started = json.load(f)
+    if started == settings:
+      logging.info("Resuming the unfinished run in %s.", path)
+      return path
+    changed = sorted(k for k in set(started) | set(settings) if started.get(k) != settings.get(k))
+    if not config.overwrite:
+      raise FileExistsError(
+          f"{path} holds an unfinished run started with other settings (differing: {changed}). "
+          "Re-run with the same config to resume it, choose another --config.name or --workdir, "
+          "or pass --config.overwrite=True to start afresh.")
+  elif os.path.isdir(path) and os.listdir(path) and not config.overwrite:
+    raise FileExistsError(f"Output directory {path} already holds a finished run; choose another "
+                          "--config.name or --workdir, or pass --config.overwrite=True.")
+  for stale in ("finetune", "finetuned_cascade"):
+    shutil.rmtree(os.path.join(path, stale), ignore_errors=True)
+  os.makedirs(path, exist_ok=True)
+  outputs.write_json(marker, settings)
+  return path
+
+
+def run_settings(config) -> dict:
+  """The config as JSON values, without the fields a resumed run may change."""
+  settings = {k: v for k, v in config.to_dict().items() if k not in _NOT_SETTINGS}
+  return json.loads(json.dumps(settings, default=list))
+
+
+def mark_finished(out_root: str) -> None:
+  os.remove(os.path.join(out_root, RUN_MARKER))
 
 
 def slug(text: str, max_len: int = 48) -> str:

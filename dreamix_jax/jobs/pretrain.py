@@ -38,7 +38,7 @@ from dreamix_jax import cascade as cascade_lib, parallel
 from dreamix_jax.data import outputs, pipeline
 from dreamix_jax.shapes import world as shapes
 from dreamix_jax.jobs import common
-from dreamix_jax.backbones import unet
+from dreamix_jax.backbones import base as backbone_base
 from dreamix_jax.train import checkpoints, loop as loop_lib, losses, state as state_lib
 
 
@@ -151,7 +151,7 @@ class BatchMaker:
     videos = self.source.render(examples, *top.shape)  # (B/P, T, H, W, 3) at the top stage
     view = lambda name: corrupt_view(self.cascade, videos, top.name, name)
     video = view(stage.name)
-    low = view(names[i - 1]) if stage.kind != "base" else None
+    low = view(names[i - 1]) if stage.conditional else None
     # Joint image-video: the first n examples of the global batch are sets of images (frames
     # shuffled, temporal mask on); captions are dropped with probability text_dropout.
     n_img = int(round(cfg.data.image_fraction * b))
@@ -208,11 +208,11 @@ def run(config, workdir: str):
                                  checkpoint_every_minutes=config.checkpoint_every_minutes,
                                  on_nonfinite=config.on_nonfinite, name=f"pretrain/{stage.name}",
                                  prefetch=config.prefetch)
-  if stage.kind == "tsr" and config.data.image_fraction > 0:
+  if not stage.takes_images and config.data.image_fraction > 0:
     raise ValueError("Image examples (shuffled frames) are not defined for a temporal SR stage: "
                      "its target frames interleave its input frames. Set data.image_fraction=0.")
   embedder = common.make_embedder(config, cascade)
-  _, apply = unet.make_denoiser(stage.unet)
+  apply = cascade.denoiser(stage)
   loss_fn = losses.make_stage_loss(apply, stage, cascade.schedule, weighting=config.weighting,
                                    logsnr_shift=config.logsnr_shift,
                                    context_share=config.context_frame.share,
@@ -246,7 +246,7 @@ def run(config, workdir: str):
     params = cascade.init_params(jax.random.PRNGKey(config.seed), stage)
   else:
     params = cascade.init_params_sharded(jax.random.PRNGKey(config.seed), stage)
-  logging.info("[pretrain/%s] %s parameters", stage.name, f"{unet.count_params(params):,}")
+  logging.info("[pretrain/%s] %s parameters", stage.name, f"{backbone_base.count_params(params):,}")
   ema = config.ema_decay > 0
   state_shardings = None
   if layout is None:
@@ -360,7 +360,7 @@ def _write_samples(writer, step, cascade, stage, params, text, mask, batch_maker
   """A strip of sampled frames per prompt in TensorBoard (SR stages: from the real low view)."""
   n = text.shape[0]
   low = None
-  if stage.kind != "base":
+  if stage.conditional:
     low = jnp.asarray(batch_maker(10_000_000 + step)["low"][:1]).repeat(n, axis=0)
   video = cascade.sample_stage(stage, params, jnp.asarray(text), jnp.asarray(mask),
                                jax.random.PRNGKey(step), low=low)

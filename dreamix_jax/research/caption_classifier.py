@@ -36,9 +36,8 @@ import numpy as np
 from absl import logging
 
 from dreamix_jax.shapes import world as shapes
-from dreamix_jax.diffusion import schedules
+from dreamix_jax.diffusion import parametrisation, schedules
 from dreamix_jax.data import report
-from dreamix_jax.backbones import unet
 
 VOCABULARIES = shapes.VOCABULARIES
 MAX_CANDIDATES = max(len(v) for v in VOCABULARIES.values())
@@ -54,8 +53,8 @@ def candidate_captions(target: shapes.Attributes, attribute: str) -> list[str]:
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled_errors(unet_config: unet.UNetConfig):
-  _, apply = unet.make_denoiser(unet_config)
+def _compiled_errors(backbone):
+  apply = parametrisation.v_on_logsnr(backbone, schedules.CosineLogSNR())
 
   def errors(params, video, text, text_mask, eps, logsnrs, weights):
     """video (1, T, H, W, C); text (K, L, D); eps (N, 1, T, H, W, C); logsnrs (N, T) per frame;
@@ -81,7 +80,7 @@ def denoising_errors(stage, params, video: np.ndarray, text: np.ndarray, text_ma
   (N, T, H, W, C) at `logsnrs[n]`, under each of K texts `(K, L, D)`: `(K, N)`. The same noise is
   used for every text, so the errors of different captions are paired. `context` (frame,
   log-SNR): that frame is noised at the higher of the two log-SNRs and left out of the error."""
-  if stage.kind != "base":
+  if stage.conditional:
     raise ValueError(f"The caption classifier needs a base stage (no low-resolution condition); "
                      f"{stage.name!r} is a {stage.kind} stage.")
   if eps.shape != (len(logsnrs),) + video.shape:
@@ -96,7 +95,7 @@ def denoising_errors(stage, params, video: np.ndarray, text: np.ndarray, text_ma
       raise ValueError(f"context frame {frame} is not a frame of the {frames}-frame clip.")
     frame_logsnrs[:, frame] = np.maximum(frame_logsnrs[:, frame], level)
     weights[frame] = 0.0
-  out = _compiled_errors(stage.unet)(
+  out = _compiled_errors(stage.backbone)(
       params, jnp.asarray(video[None], jnp.float32), jnp.asarray(text, jnp.float32),
       jnp.asarray(text_mask, bool), jnp.asarray(eps[:, None], jnp.float32),
       jnp.asarray(frame_logsnrs), jnp.asarray(weights))

@@ -30,7 +30,6 @@ import optax
 from dreamix_jax.shapes import world as shapes
 from dreamix_jax.diffusion import schedules
 from dreamix_jax.data import report
-from dreamix_jax.backbones import unet
 
 ATTRIBUTE_VALUES = {
     "motion": ("left", "right", "up", "down"),
@@ -120,9 +119,9 @@ def run_benchmark(cascade, params, embedder, config, workdir: str, timer) -> lis
   if unknown:
     raise ValueError(f"caption_fit.attributes {unknown} are not among {list(ATTRIBUTE_VALUES)}.")
   base = cascade.stages[0]
-  if base.kind != "base":
+  if base.conditional:
     raise ValueError(f"caption_fit needs a base stage first; {base.name!r} is {base.kind}.")
-  _, apply = unet.make_denoiser(base.unet)
+  apply = cascade.denoiser(base)
   rows = []
   for attribute in cfg.attributes:
     clips, videos = fit_clips(attribute, base.shape)

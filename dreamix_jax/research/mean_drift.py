@@ -39,10 +39,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from dreamix_jax.shapes import world as shapes
-from dreamix_jax.diffusion import sampling, schedules
+from dreamix_jax.diffusion import parametrisation, sampling, schedules
 from dreamix_jax.shapes import probe
 from dreamix_jax.data import report
-from dreamix_jax.backbones import unet
 
 Denoise = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
 
@@ -165,9 +164,8 @@ def direction_from_mean(sample: Callable, embedder, *, object_caption: shapes.At
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled_denoise(unet_config: unet.UNetConfig):
-  _, apply = unet.make_denoiser(unet_config)
-  return jax.jit(apply)
+def _compiled_denoise(backbone, schedule):
+  return jax.jit(parametrisation.v_on_logsnr(backbone, schedule))
 
 
 def run_benchmark(cascade, params, embedder, config, workdir: str, timer) -> list[dict]:
@@ -182,9 +180,9 @@ def run_benchmark(cascade, params, embedder, config, workdir: str, timer) -> lis
     raise ValueError("drift.logsnrs is empty; give log-SNRs where the input is nearly pure noise, "
                      "e.g. '(-10,-6)'.")
   base = cascade.stages[0]
-  if base.kind != "base":
+  if base.conditional:
     raise ValueError(f"The drift benchmark needs a base stage first; {base.name!r} is {base.kind}.")
-  apply = _compiled_denoise(base.unet)
+  apply = _compiled_denoise(base.backbone, cascade.schedule)
   denoise = functools.partial(apply, params[base.name])
   target = shapes.parse_caption(cfg.object)
   with timer("drift"):

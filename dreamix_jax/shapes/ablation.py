@@ -30,10 +30,9 @@ from absl import logging
 
 from dreamix_jax.data import outputs
 from dreamix_jax.shapes import world as shapes
-from dreamix_jax.dreamix import corrupt, finetune, finetune_steps
+from dreamix_jax.dreamix import corrupt, edit, finetune
 from dreamix_jax.data import report
 from dreamix_jax.shapes import scoring
-from dreamix_jax.jobs import edit
 
 # Edit category -> the caption attribute it changes.
 CATEGORIES = {"motion": "motion", "object": "shape", "appearance": "color",
@@ -189,8 +188,8 @@ def _method_params(cascade, params, source_top, t_star, t_star_mask, config, met
   cfg = config.finetune.copy_and_resolve_references()
   with cfg.unlocked():
     cfg.alpha = method.alpha
-  (_, tuned), = finetune_steps.finetune_at_steps(cascade, params, source_top, t_star,
-                                                 t_star_mask, cfg, [method.steps])
+  (_, tuned), = finetune.finetune_at_steps(cascade, params, source_top, t_star,
+                                           t_star_mask, cfg, [method.steps])
   return tuned
 
 

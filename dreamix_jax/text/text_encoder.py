@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import threading
 from typing import Protocol, Sequence
 
@@ -35,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import transformers
 
+from dreamix_jax.data import outputs
 from dreamix_jax.text import t5
 from dreamix_jax.text import t5_weights
 
@@ -77,16 +77,10 @@ def _check_prompts(prompts: Sequence[str]) -> list[str]:
 
 
 def _atomic_write(path: str, write) -> None:
-  """Calls `write(file)` on a temporary file beside `path`, then renames it to `path`."""
-  directory = os.path.dirname(path) or "."
-  with tempfile.NamedTemporaryFile(dir=directory, prefix=".tmp-", delete=False) as f:
-    tmp = f.name
-    try:
+  """Calls `write(file)` on a binary file that lands at `path` only if it succeeds."""
+  with outputs.atomic_path(path) as tmp:
+    with open(tmp, "wb") as f:
       write(f)
-    except BaseException:
-      os.unlink(tmp)
-      raise
-  os.replace(tmp, path)
 
 
 class EmbeddingCache:

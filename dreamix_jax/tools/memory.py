@@ -4,7 +4,7 @@
       --mesh=fsdp:4 [--topology=v4:2x2x1] [--optimizer=adam|adamw|adafactor] \
       [--remat=none|full|dots_saveable|dots_no_batch] [--batch=1] [--alpha=0.35] [--hbm_gib=32]
 
-Compiles the mixed finetune step (`train.losses.make_mixed_loss` + `train.state.make_train_step`,
+Compiles the mixed finetune step (`dreamix.objective.make_mixed_loss` + `train.state.make_train_step`,
 as `dreamix.finetune` runs it) ahead of time for the mesh, from abstract inputs only
 (`jax.ShapeDtypeStruct`s with shardings: nothing is allocated), and reads XLA's `memory_analysis()`.
 Prints per-device bytes of parameters, gradients (parameter-sized, they live in XLA's temporary
@@ -48,7 +48,8 @@ from jax.experimental import topologies  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from dreamix_jax import cascade as cascade_lib, parallel  # noqa: E402
-from dreamix_jax.backbones import unet  # noqa: E402
+from dreamix_jax.backbones import base as backbone_base  # noqa: E402
+from dreamix_jax.dreamix import objective  # noqa: E402
 from dreamix_jax.train import losses, state as state_lib  # noqa: E402
 
 GIB = 1 << 30
@@ -100,26 +101,31 @@ def plan(cascade_config: ml_collections.ConfigDict, stage_name: str, layout: par
   """Compiles the stage's mixed finetune step for `layout` from abstract inputs; returns
   per-device bytes {params, gradients, optimizer, xla_temp, arguments, outputs, aliased, peak}, the
   parameter count, compile seconds and `fits` (peak ≤ hbm_bytes)."""
+  cascade_config = cascade_config.copy_and_resolve_references()
+  if stage_name not in cascade_config.stages:
+    raise ValueError(f"No stage {stage_name!r} in cascade {cascade_config.name!r}; stages: "
+                     f"{list(cascade_config.order)}.")
+  backbone_cfg = cascade_config.stages[stage_name].backbone
+  for field, value in (("remat", remat), ("dtype", dtype)):
+    if value:
+      backbone_cfg[field] = value
   cascade = cascade_lib.Cascade.from_config(cascade_config, layout)
   stage = cascade.stage(stage_name)
-  overrides = {k: v for k, v in (("remat", remat), ("dtype", dtype)) if v}
-  stage = dataclasses.replace(stage, unet=dataclasses.replace(stage.unet, **overrides))
   boxed = cascade.abstract_params(stage)
   opt = state_lib.make_optimizer(state_lib.optimizer_config(name=optimizer, lr=6e-6))
   abstract, shardings = state_lib.abstract_state_shardings(layout, boxed, opt, ema=False)
   state = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                  abstract, shardings)
-  _, apply = unet.make_denoiser(stage.unet)
-  loss = losses.make_mixed_loss(losses.make_stage_loss(apply, stage, cascade.schedule), stage,
-                                alpha)
+  loss = objective.make_mixed_loss(
+      losses.make_stage_loss(cascade.denoiser(stage), stage, cascade.schedule), stage, alpha)
   step = state_lib.make_train_step(loss, opt)
   f32 = jnp.float32
-  batch_shapes = dict(video=((batch,) + stage.shape + (3,), f32),
+  batch_shapes = dict(video=((batch,) + cascade.latent_shape(stage), f32),
                       text=((batch, cascade.text_len, cascade.text_dim), f32),
                       text_mask=((batch, cascade.text_len), jnp.bool_),
                       temporal_mask=((batch,), f32))
-  if stage.kind != "base":
-    batch_shapes["low"] = ((batch,) + stage.input_shape() + (3,), f32)
+  if stage.conditional:
+    batch_shapes["low"] = ((batch,) + cascade.latent_shape(cascade.previous(stage)), f32)
   batch_abstract = {k: jax.ShapeDtypeStruct(s, d) for k, (s, d) in batch_shapes.items()}
   batch_sh = layout.batch_shardings(batch_abstract)
   batch_abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh[k])
@@ -135,9 +141,9 @@ def plan(cascade_config: ml_collections.ConfigDict, stage_name: str, layout: par
   param_bytes = _shard_bytes(state.params)
   out = dict(
       stage=stage.name, mesh=dict(layout.mesh.shape), optimizer=optimizer,
-      remat=str(stage.unet.remat), dtype=stage.unet.dtype, batch=batch,
+      remat=str(backbone_cfg.get("remat", "")), dtype=backbone_cfg.get("dtype", ""), batch=batch,
       target=layout.mesh.devices.flat[0].device_kind,
-      params_count=unet.count_params(boxed), compile_seconds=seconds,
+      params_count=backbone_base.count_params(boxed), compile_seconds=seconds,
       params=param_bytes, gradients=param_bytes, optimizer_state=_shard_bytes(state.opt_state),
       xla_temp=int(mem.temp_size_in_bytes), arguments=int(mem.argument_size_in_bytes),
       outputs=int(mem.output_size_in_bytes), aliased=int(mem.alias_size_in_bytes))

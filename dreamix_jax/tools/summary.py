@@ -10,7 +10,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from dreamix_jax import cascade as cascade_lib
-from dreamix_jax.backbones import unet
+from dreamix_jax.backbones import base as backbone_base
 
 
 def define_flags():
@@ -22,8 +22,8 @@ def summary_rows(cascade: cascade_lib.Cascade) -> list[tuple[str, str, str, int]
   """(stage name, kind, 'frames×H×W', parameter count) per stage."""
   rows = []
   for stage in cascade.stages:
-    n = unet.count_params(cascade.abstract_params(stage))
-    kind = stage.kind if stage.kind == "base" else f"{stage.kind} {stage.factor}×"
+    n = backbone_base.count_params(cascade.abstract_params(stage))
+    kind = f"{stage.kind} {stage.factor}×" if stage.conditional else stage.kind
     rows.append((stage.name, kind, "×".join(map(str, stage.shape)), n))
   return rows
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
@@ -25,6 +24,7 @@ import orbax.checkpoint as ocp
 import safetensors.numpy
 
 from dreamix_jax import cascade as cascade_lib
+from dreamix_jax.data import outputs
 
 CASCADE_CONFIG = "cascade.json"
 
@@ -57,18 +57,8 @@ def unflatten(flat: Mapping[str, Any]) -> dict:
 
 def save_params(path: str, params: Mapping, metadata: Mapping[str, str] | None = None) -> None:
   """Writes `params` to a safetensors file atomically (temporary file, then rename)."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".safetensors")
-  os.close(fd)
-  try:
+  with outputs.atomic_path(path) as tmp:
     safetensors.numpy.save_file(flatten(params), tmp, metadata=dict(metadata or {}))
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 def load_params(path: str, expected=None) -> dict:
@@ -134,7 +124,7 @@ def save_cascade_stage(directory: str, stage_name: str, params, cascade_config=N
   path = os.path.join(directory, f"{stage_name}.safetensors")
   save_params(path, params, metadata)
   if cascade_config is not None:
-    write_json_atomic(os.path.join(directory, CASCADE_CONFIG), cascade_config.to_dict())
+    outputs.write_json(os.path.join(directory, CASCADE_CONFIG), cascade_config.to_dict())
   return path
 
 
@@ -163,29 +153,6 @@ def read_cascade_config(directory: str) -> ml_collections.ConfigDict:
     raise CheckpointError(f"{path} is missing: a cascade directory records its config there.")
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))
-
-
-def write_json_atomic(path: str, obj) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
-def _json_default(x):
-  if isinstance(x, (tuple, set)):
-    return list(x)
-  if hasattr(x, "tolist"):
-    return x.tolist()
-  raise TypeError(f"Cannot write {type(x).__name__} to JSON.")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Denoising losses of one cascade stage, and Dreamix's mixed video/frames objective.
+"""The denoising loss of one cascade stage (Dreamix's mixed objective builds on it:
+`dreamix_jax.dreamix.objective`).
 
 A training batch for a stage is a dict of arrays:
   video:         (B, T, H, W, 3) in [−1, 1] at the stage's resolution
@@ -27,7 +28,8 @@ from dreamix_jax.diffusion import objectives, schedules
 class StageLoss:
   """The per-example denoising loss of one stage: `loss(params, batch, rng) -> (B,)`.
 
-  It is three steps, exposed so that `make_mixed_loss` can give the frame variant a frames-only
+  It is three steps, exposed so that `dreamix.objective.make_mixed_loss` can give the frame variant a
+  frames-only
   U-Net call: `noise` (batch, rng -> the noised inputs and the
   targets; no parameters), `denoise` (params, noised, rng -> v̂ (B, T, H, W, 3), the U-Net call)
   and `score` (v̂, noised -> (B,)).
@@ -77,7 +79,7 @@ class StageLoss:
     out = dict(z=schedules.diffuse(video, eps, lam), logsnr=lam, video=video, eps=eps,
                text=batch["text"], text_mask=batch["text_mask"],
                temporal_mask=batch["temporal_mask"])
-    if self.stage.kind != "base":
+    if self.stage.conditional:
       out["cond"], out["cond_logsnr"] = objectives.augment_condition(
           k_aug, upsampled_condition(self.stage, batch), self.schedule,
           max_t=self.stage.cond_aug_max_t)
@@ -100,7 +102,7 @@ class StageLoss:
     (static): every example is a frame set, so the U-Net skips the work its temporal mask would
     discard (`backbones.unet.SpaceTimeUNet`); `noised['temporal_mask']` is then not read."""
     kwargs = {}
-    if self.stage.kind != "base":
+    if self.stage.conditional:
       kwargs = dict(cond=noised["cond"], cond_logsnr=noised["cond_logsnr"])
     if frames_only:
       kwargs["frames_only"] = True
@@ -136,65 +138,6 @@ def upsampled_condition(stage: cascade_lib.Stage, batch: dict):
   if "cond" in batch:
     return batch["cond"]
   return stage.upsample(batch["low"])
-
-
-def frames_variant(stage: cascade_lib.Stage, batch: dict, rng) -> dict:
-  """The frame variant of a video batch: frames shuffled (per example), temporal mask on.
-
-  For SR stages the upsampled conditioning is shuffled with the same permutation, so each frame keeps
-  its own low-resolution counterpart.
-  """
-  video = batch["video"]
-  b, t = video.shape[:2]
-  perms = jax.vmap(lambda k: jax.random.permutation(k, t))(jax.random.split(rng, b))
-  take = lambda x: jnp.take_along_axis(x, perms.reshape((b, t) + (1,) * (x.ndim - 2)), axis=1)
-  out = dict(batch, video=take(video), temporal_mask=jnp.ones((b,), jnp.float32))
-  if stage.kind != "base":
-    out.pop("low", None)
-    out["cond"] = take(upsampled_condition(stage, batch))
-  return out
-
-
-def video_variant(stage: cascade_lib.Stage, batch: dict) -> dict:
-  """The full-video variant: temporal layers on; SR conditioning upsampled like the frame variant's."""
-  out = dict(batch, temporal_mask=jnp.zeros((batch["video"].shape[0],), jnp.float32))
-  if stage.kind != "base":
-    out.pop("low", None)
-    out["cond"] = upsampled_condition(stage, batch)
-  return out
-
-
-def make_mixed_loss(loss: StageLoss, stage: cascade_lib.Stage, alpha: float):
-  """Dreamix's objective α·L_vid + (1 − α)·L_frame in one call (paper §4.2).
-
-  Each variant has its own key (noise levels, noise, dropout) and its own U-Net call: on the
-  videos with temporal layers on, and on the shuffled frames in its static frames-only form
-  (`StageLoss.denoise(frames_only=True)`), which computes the frame-masked U-Net's values without
-  the temporal convolutions, queries, keys and softmax that the mask discards. On CPU this beats
-  both vmapping the U-Net over the variants (+9–15% over a flat 2B batch) and folding them into one
-  2B batch (a 2B-example step costs 2.14× a B-example one there); see benchmarks/README.md.
-  With α = 1 or α = 0 only the variant that counts is computed.
-  Returns fn(params, batch, rng) -> (scalar loss, {'loss_video', 'loss_frames'}).
-  """
-  if not 0.0 <= alpha <= 1.0:
-    raise ValueError(f"alpha must be in [0, 1] (the weight of the full-video loss), got {alpha}.")
-
-  def frames_loss(params, batch, rng):
-    noised = loss.noise(batch, rng)
-    return loss.score(loss.denoise(params, noised, rng, frames_only=True), noised)
-
-  def mixed(params, batch, rng):
-    k_perm, k_vid, k_frm = jax.random.split(rng, 3)
-    terms, value = {}, 0.0
-    if alpha > 0.0:
-      terms["loss_video"] = loss(params, video_variant(stage, batch), k_vid).mean()
-      value += alpha * terms["loss_video"]
-    if alpha < 1.0:
-      terms["loss_frames"] = frames_loss(params, frames_variant(stage, batch, k_perm), k_frm).mean()
-      value += (1.0 - alpha) * terms["loss_frames"]
-    return value, terms
-
-  return mixed
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@
 #     --implementation cp --platform manylinux2014_x86_64 -d .whl ml_collections==1.1.0 clu==0.0.12
 #
 # Extra flags: CASCADE_FLAGS go to every command (an architecture change, e.g.
-# CASCADE_FLAGS="--config.cascade.stages.base.unet.frame_embedding=False"), PRETRAIN_FLAGS to the
+# CASCADE_FLAGS="--config.cascade.stages.base.backbone.frame_embedding=False"), PRETRAIN_FLAGS to the
 # pretrain job alone (e.g. PRETRAIN_FLAGS="--config.init_from=" to train from scratch, or
 # PRETRAIN_FLAGS="--config.init_from_new_modules=('frame_emb',)" to add that module to weights
 # that predate it; the direction-of-motion A/Bs of docs/motion_direction.md:

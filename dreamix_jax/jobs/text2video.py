@@ -15,18 +15,18 @@ from dreamix_jax.jobs import common
 
 
 def run(config, workdir: str) -> list[str]:
-  """Writes `<workdir>/sample/<name>/<k>_<prompt>_seed<s>/` per sample; returns those folders."""
+  """Writes `<workdir>/text2video/<name>/<k>_<prompt>_seed<s>/` per sample; returns those folders."""
   timer = common.Timer()
   with timer("load"):
     cascade, params = common.load_cascade(config)
     embedder = common.make_embedder(config, cascade)
-  out_root = common.output_dir(workdir, "sample", config.name, config.overwrite)
+  out_root = common.output_dir(workdir, "text2video", config.name, config.overwrite)
   return sample_prompts(cascade, params, embedder, list(config.prompts), list(config.seeds),
                         out_root, timer, extra_meta={"checkpoint": config.checkpoint})
 
 
 def sample_prompts(cascade, params, embedder, prompts, seeds, out_root, timer, extra_meta=None):
-  """Text-to-video for every prompt × seed (shared by the sample and subject jobs)."""
+  """Text-to-video for every prompt × seed (shared by the text2video and subject jobs)."""
   if not prompts:
     raise ValueError("No prompts given: set config.prompts.")
   text, mask = embedder(prompts)

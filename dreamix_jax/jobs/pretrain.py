@@ -5,9 +5,7 @@
 Batches are joint image-video (VDM / Imagen Video): a fraction `data.image_fraction` of each batch is
 a *set of images* — the frames of one clip in random order, with the identity temporal mask and one
 noise level per frame — the rest are ordinary videos. Captions are dropped (null embedding) with
-probability `text_dropout` so the stage supports classifier-free guidance. With
-`context_frame.share` > 0 that share of the videos has one frame nearly clean (context frames,
-`train.losses.StageLoss`).
+probability `text_dropout` so the stage supports classifier-free guidance.
 
 Data: `data.source = "moving_shapes"` renders clips on the fly (deterministic by seed; clip i of the
 train split is the same as in the TFDS `moving_shapes` builder), `"tfds"` reads a prepared TFDS
@@ -192,10 +190,7 @@ def run(config, workdir: str):
   embedder = common.make_embedder(config, cascade)
   _, apply = unet.make_denoiser(stage.unet)
   loss_fn = losses.make_stage_loss(apply, stage, cascade.schedule, weighting=config.weighting,
-                                   logsnr_shift=config.logsnr_shift,
-                                   context_share=config.context_frame.share,
-                                   context_logsnr=(config.context_frame.logsnr_min,
-                                                   config.context_frame.logsnr_max))
+                                   logsnr_shift=config.logsnr_shift)
 
   def train_loss(params, batch, rng):
     return loss_fn(params, batch, rng).mean(), {}

@@ -7,8 +7,7 @@ A training batch for a stage is a dict of arrays:
                  packed as frames), 0 for a real video
   low:           (B, T', H', W', 3) the previous stage's view of the video (SR stages only)
 
-Examples flagged by `temporal_mask` get one noise level per frame; videos get one per example
-(optionally with one context frame less noisy than the rest, see `StageLoss`).
+Examples flagged by `temporal_mask` get one noise level per frame; videos get one per example.
 """
 
 from __future__ import annotations
@@ -33,13 +32,6 @@ class StageLoss:
   and `score` (v̂, noised -> (B,)).
   `rng` is split in four: log-SNR, noise and conditioning augmentation (`noise`), dropout
   (`denoise`). `logsnr_shift` moves the training log-SNRs (see `objectives.sample_logsnr`).
-
-  `context_share` > 0: that share of the videos (not frame sets) gets one *context frame*, drawn
-  uniformly among the T, whose log-SNR is raised to at least u ~ U[context_logsnr] (e.g. 2..8:
-  nearly clean), the other frames keeping the example's level — per-frame noise levels as in
-  diffusion forcing (Chen et al. 2024). The denoiser then sees the object plainly in one frame and
-  must place it in the others, where only the caption says which way it went: a direct gradient
-  for the motion words at the noise levels where a sample's motion is decided.
   """
 
   apply_fn: Callable
@@ -48,14 +40,6 @@ class StageLoss:
   weighting: str = "v"
   train: bool = True
   logsnr_shift: float = 0.0
-  context_share: float = 0.0
-  context_logsnr: tuple[float, float] = (2.0, 8.0)
-
-  def __post_init__(self):
-    lo, hi = self.context_logsnr
-    if not 0.0 <= self.context_share <= 1.0 or lo > hi:
-      raise ValueError(f"context_share {self.context_share} must be in [0, 1] and context_logsnr "
-                       f"{self.context_logsnr} a (low, high) range with low <= high.")
 
   def noise(self, batch: dict, rng) -> dict:
     """{z, logsnr, video, eps, text, text_mask, temporal_mask[, cond, cond_logsnr]}: the batch
@@ -66,8 +50,6 @@ class StageLoss:
     lam = objectives.sample_logsnr(k_lam, (b, t), self.schedule, shift=self.logsnr_shift)
     per_frame = batch["temporal_mask"].astype(bool)[:, None]
     lam = jnp.where(per_frame, lam, lam[:, :1])
-    if self.context_share > 0:
-      lam = self._with_context_frames(lam, per_frame[:, 0], k_lam)
     eps = jax.random.normal(k_noise, video.shape, video.dtype)
     out = dict(z=schedules.diffuse(video, eps, lam), logsnr=lam, video=video, eps=eps,
                text=batch["text"], text_mask=batch["text_mask"],
@@ -77,18 +59,6 @@ class StageLoss:
           k_aug, upsampled_condition(self.stage, batch), self.schedule,
           max_t=self.stage.cond_aug_max_t)
     return out
-
-  def _with_context_frames(self, lam, frame_set, rng):
-    """`lam` (B, T) with one frame of a `context_share` of the videos (`frame_set` (B,) False)
-    raised to at least a log-SNR drawn from `context_logsnr`."""
-    b, t = lam.shape
-    k_pick, k_frame, k_level = jax.random.split(jax.random.fold_in(rng, 1), 3)
-    chosen = jax.random.bernoulli(k_pick, self.context_share, (b,)) & ~frame_set
-    frame = jax.random.randint(k_frame, (b,), 0, t)
-    level = jax.random.uniform(k_level, (b,), minval=self.context_logsnr[0],
-                               maxval=self.context_logsnr[1])
-    context = chosen[:, None] & (jnp.arange(t)[None] == frame[:, None])
-    return jnp.where(context, jnp.maximum(lam, level[:, None]), lam)
 
   def denoise(self, params, noised: dict, rng, *, frames_only: bool = False):
     """v̂ of the U-Net for `noised` (dropout keyed by `rng`'s fourth split). `frames_only`
@@ -117,12 +87,10 @@ class StageLoss:
 
 def make_stage_loss(apply_fn, stage: cascade_lib.Stage, schedule: schedules.CosineLogSNR, *,
                     weighting: str = "v", train: bool = True,
-                    logsnr_shift: float = 0.0, context_share: float = 0.0,
-                    context_logsnr: tuple[float, float] = (2.0, 8.0)) -> StageLoss:
-  """The per-example denoising loss of `stage` (v-prediction, configurable weighting, training
-  log-SNR shift and context frames; see `StageLoss`)."""
-  return StageLoss(apply_fn, stage, schedule, weighting, train, logsnr_shift, context_share,
-                   tuple(context_logsnr))
+                    logsnr_shift: float = 0.0) -> StageLoss:
+  """The per-example denoising loss of `stage` (v-prediction, configurable weighting and training
+  log-SNR shift; see `StageLoss`)."""
+  return StageLoss(apply_fn, stage, schedule, weighting, train, logsnr_shift)
 
 
 def upsampled_condition(stage: cascade_lib.Stage, batch: dict):
@@ -190,4 +158,3 @@ def make_mixed_loss(loss: StageLoss, stage: cascade_lib.Stage, alpha: float):
     return value, terms
 
   return mixed
-

@@ -12,6 +12,7 @@ from dreamix_jax.data import tfds_builders
 from dreamix_jax.shapes import world as shapes
 from dreamix_jax.shapes import ablation
 from dreamix_jax.data import report
+from dreamix_jax.metrics import temporal
 from dreamix_jax.shapes import scoring
 from dreamix_jax.shapes import text2video
 from dreamix_jax.jobs import common, evaluate
@@ -63,9 +64,12 @@ def test_kept_is_fidelity_without_the_texture():
 def test_temporal_distance():
   video = np.zeros((3, 4, 5, 3), np.float32)
   video[1] = 0.5
-  assert scoring.temporal_distance(video) == pytest.approx(0.5)
+  assert temporal.temporal_distance(video) == pytest.approx(0.5)
   with pytest.raises(ValueError, match="T >= 2"):
-    scoring.temporal_distance(video[:1])
+    temporal.temporal_distance(video[:1])
+  # An edit's stability is the temporal distance of its output.
+  assert scoring.edit_scores(render(), render(), prompt()).stability == pytest.approx(
+      temporal.temporal_distance(render()))
 
 
 def test_edit_attributes_change_exactly_one_attribute():

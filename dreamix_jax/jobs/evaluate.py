@@ -9,7 +9,8 @@
 
 Scoring (`config.outputs`): every result folder below the directory (one holding meta.json and
 output.mp4, as every sampling job writes) gets a row of `scores.csv` / `scores.md` in the workdir:
-- always the temporal distance (mean RMS difference of consecutive frames; lower is stabler);
+- always the temporal distance (`metrics.temporal`: mean RMS difference of consecutive frames;
+  lower is stabler);
 - the frame-level CLIP score with the prompt when `config.clip_dir` holds a CLIP model;
 - temporal LPIPS when `config.lpips_weights` is a converted LPIPS file (tools/convert_lpips);
 - when the prompt is a moving-shapes caption, the probe's readings: an edit (the folder has
@@ -43,6 +44,7 @@ from dreamix_jax.research import caption_classifier, caption_fit, mean_drift
 from dreamix_jax.shapes import ablation, probe, scoring, text2video, world as shapes
 from dreamix_jax.metrics import clip as clip_lib
 from dreamix_jax.metrics import lpips as lpips_lib
+from dreamix_jax.metrics import temporal
 from dreamix_jax.jobs import common
 
 BENCHMARKS = ("shapes", "text2video", "classifier", "drift", "caption_fit")
@@ -131,7 +133,7 @@ def score_folders(root: str, *, clip_dir: str = "", lpips_weights: str = "") -> 
     prompt = meta["prompt"]
     row = dict(folder=os.path.relpath(folder, root) if folder != root else ".", prompt=prompt,
                job=meta.get("job", ""), setting=meta.get("setting", ""), s=meta.get("s", ""),
-               temporal_distance=scoring.temporal_distance(output))
+               temporal_distance=temporal.temporal_distance(output))
     if clip_scorer is not None:
       row["clip_score"] = clip_scorer.score(output, prompt, fps)
     if lpips_model is not None:

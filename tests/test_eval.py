@@ -3,6 +3,7 @@ benchmark on the tiny random cascade."""
 
 import csv
 import dataclasses
+import inspect
 import pathlib
 
 import numpy as np
@@ -143,8 +144,18 @@ def test_eval_config_errors(tmp_path):
     evaluate.run(load(f"configs/eval.py:outputs={tmp_path / 'none'}"), str(tmp_path))
   with pytest.raises(ValueError, match="No result folders"):
     evaluate.run(load(f"configs/eval.py:outputs={tmp_path}"), str(tmp_path))
-  with pytest.raises(ValueError, match="Unknown benchmark"):
+  with pytest.raises(ValueError, match=r"Unknown benchmark 'faces'; use one of \('shapes', "
+                     r"'text2video', 'classifier', 'drift', 'caption_fit'\)"):
     evaluate.run(load("configs/eval.py:benchmark=faces"), str(tmp_path))
+
+
+def test_every_benchmark_has_the_one_signature():
+  """The registry's functions all take `evaluate.Benchmark`'s arguments, and none lives in jobs/."""
+  want = list(inspect.signature(evaluate.Benchmark.__call__).parameters.values())[1:]  # no self
+  for name, benchmark in evaluate.BENCHMARKS.items():
+    got = list(inspect.signature(benchmark).parameters.values())
+    assert [(p.name, p.kind) for p in got] == [(p.name, p.kind) for p in want], name
+    assert not benchmark.__module__.startswith("dreamix_jax.jobs"), name
 
 
 def test_ablation_runlocal(tmp_path, monkeypatch):

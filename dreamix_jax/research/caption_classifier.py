@@ -137,11 +137,11 @@ def summarize(rows: Sequence[dict], logsnrs: Sequence[float]) -> list[dict]:
   return table
 
 
-def run_benchmark(cascade, params, embedder, config, workdir: str, timer) -> list[dict]:
-  """Classifies the first `config.classifier.num_clips` test clips with the base stage; returns
-  the per-(clip, attribute) rows. `config.classifier` carries num_clips, data_seed and logsnrs;
+def run_benchmark(config, workdir: str, *, cascade, params, embedder, timer) -> dict[str, str]:
+  """The eval job's `benchmark=classifier` (arguments: `jobs.evaluate.Benchmark`): classifies the
+  first `config.classifier.num_clips` test clips with the base stage and writes `write_results`'
+  files; returns {kind: path}. `config.classifier` carries num_clips, data_seed and logsnrs;
   `config.seed` seeds the noise."""
-  del workdir  # everything is written by write_results
   cfg = config.classifier
   if cfg.num_clips < 1:
     raise ValueError(f"classifier.num_clips must be at least 1, got {cfg.num_clips}.")
@@ -153,8 +153,9 @@ def run_benchmark(cascade, params, embedder, config, workdir: str, timer) -> lis
   base = cascade.stages[0]
   with timer("classify"):
     errors_fn = functools.partial(denoising_errors, base, params[base.name])
-    return classify_clips(errors_fn, embedder, targets, shape=base.shape, logsnrs=logsnrs,
+    rows = classify_clips(errors_fn, embedder, targets, shape=base.shape, logsnrs=logsnrs,
                           seed=config.seed)
+  return write_results(workdir, rows, logsnrs)
 
 
 def write_results(workdir: str, rows: Sequence[dict], logsnrs: Sequence[float]) -> dict[str, str]:

@@ -108,10 +108,11 @@ def fit(apply, params, text: np.ndarray, text_mask: np.ndarray, videos: np.ndarr
   return rows
 
 
-def run_benchmark(cascade, params, embedder, config, workdir: str, timer) -> list[dict]:
-  """Rows of every attribute in `config.caption_fit.attributes` (with steps, learning_rate,
-  report_every), each trained from the base stage's loaded weights; `config.seed` seeds noise."""
-  del workdir  # everything is written by write_results
+def run_benchmark(config, workdir: str, *, cascade, params, embedder, timer) -> dict[str, str]:
+  """The eval job's `benchmark=caption_fit` (arguments: `jobs.evaluate.Benchmark`): fits every
+  attribute in `config.caption_fit.attributes` (with steps, learning_rate, report_every), each from
+  the base stage's loaded weights, and writes `write_results`' files; returns {kind: path}.
+  `config.seed` seeds noise."""
   cfg = config.caption_fit
   if cfg.steps < 1 or cfg.report_every < 1 or cfg.learning_rate <= 0:
     raise ValueError(f"caption_fit.steps ({cfg.steps}) and report_every ({cfg.report_every}) must "
@@ -133,7 +134,7 @@ def run_benchmark(cascade, params, embedder, config, workdir: str, timer) -> lis
                    learning_rate=cfg.learning_rate, report_every=cfg.report_every,
                    seed=config.seed)
     rows += [dict(attribute=attribute, captions=len(clips), **r) for r in fitted]
-  return rows
+  return write_results(workdir, rows)
 
 
 def write_results(workdir: str, rows: Sequence[dict]) -> dict[str, str]:

@@ -170,10 +170,15 @@ def _compiled_denoise(unet_config: unet.UNetConfig):
   return jax.jit(apply)
 
 
-def run_benchmark(cascade, params, embedder, config, workdir: str, timer) -> list[dict]:
+def run_benchmark(config, workdir: str, *, cascade, params, embedder, timer) -> dict[str, str]:
+  """The eval job's `benchmark=drift` (arguments: `jobs.evaluate.Benchmark`): `drift_rows`, then
+  `write_results`; returns {kind: path}."""
+  return write_results(workdir, drift_rows(cascade, params, embedder, config, timer))
+
+
+def drift_rows(cascade, params, embedder, config, timer) -> list[dict]:
   """The base stage's rows; `config.drift` carries object (a caption of the world), logsnrs,
-  num_noise, num_clips; `config.seed` seeds noise and clips."""
-  del workdir  # everything is written by write_results
+  num_noise, num_clips and num_samples; `config.seed` seeds noise and clips."""
   cfg = config.drift
   if cfg.num_noise < 1 or cfg.num_clips < 1:
     raise ValueError(f"drift.num_noise and drift.num_clips must be at least 1, got "

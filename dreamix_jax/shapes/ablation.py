@@ -87,7 +87,14 @@ def source_clips(num_clips: int, data_seed: int) -> list[shapes.ClipAttributes]:
   return [shapes.clip_attributes(data_seed, "test", i) for i in range(num_clips)]
 
 
-def run_benchmark(cascade, params, embedder, config, workdir: str, timer) -> list[dict]:
+def run_benchmark(config, workdir: str, *, cascade, params, embedder, timer) -> dict[str, str]:
+  """The eval job's `benchmark=shapes`: `edit_clips`, then `write_results`; returns {kind: path}.
+  The arguments are those of every benchmark of the eval job (`jobs.evaluate.Benchmark`)."""
+  rows = edit_clips(cascade, params, embedder, config, workdir, timer)
+  return write_results(workdir, rows)
+
+
+def edit_clips(cascade, params, embedder, config, workdir: str, timer) -> list[dict]:
   """Edits and scores every clip × category × method; returns one row per edit.
 
   Outputs are scored at stage `ablation.upto` ("" = the last; the later stages are not sampled).

@@ -79,7 +79,7 @@ def get_config(arg=None):
                             learning_rate=1e-3, report_every=1 if arg.runlocal else 25)
   config.alphas = dict(sweep.PAPER_ALPHAS)
   # As configs/edit.py: the finetuned methods tune the base stage alone, batch 1 (tuning tsr and ssr
-  # too would take ~30 min per clip and method on a 2-core CPU).
+  # too would multiply the cost of every clip and method on a CPU).
   config.finetune = finetune.finetune_config(
       batch_size=1, log_every=1 if arg.runlocal else 10, stages=("base",))
   config.finetune.optimizer.lr = 1e-4  # as configs/edit.py: the toy cascade takes a larger step

@@ -10,9 +10,9 @@ with the lowest v-error wins. The benchmark reports, per attribute, the share of
 true caption wins (summed over noise levels, and at each level) against chance (1 / candidates).
 
 Why it exists: sampling + the pixel probe (`shapes.text2video`) says *whether* samples show an
-attribute; this says whether the model *uses* the words at all, from forward passes only (about a
-quarter of the compute of 48 samples), so it can track an attribute during pretraining. An
-attribute at chance here is ignored by the denoiser, whatever the sampler or guidance weight.
+attribute; this says whether the model *uses* the words at all, from forward passes only (no
+sampling loop), so it is cheap enough to track an attribute during pretraining. An attribute at
+chance here is ignored by the denoiser, whatever the sampler or guidance weight.
 
 Files written into the workdir: `classifier_clips.csv` (one row per clip and attribute: the true
 value, the winner, the v-error of every candidate), `classifier.csv` / `.md` (the table).

@@ -10,10 +10,9 @@ with the clips: `matched` counts the captions whose prediction is nearest their 
 them = every word tied to its clip; 1 = one prediction for all), `relative_error` is the mean
 squared error to the own clip over the clips' variance.
 
-The pretraining data ask for the same mapping, only more weakly (`research.mean_drift`: the motion
-words change the caption-mean video by a few percent); this benchmark asks whether the weights can
-learn it at all, and how fast compared with another attribute. On the 2-core CPU a step of the
-demo base (batch 4) takes about 2.5 s.
+The pretraining data ask for the same mapping, only more weakly (`research.mean_drift` measures
+how much the motion words change the caption-mean video); this benchmark asks whether the weights
+can learn it at all, and how fast compared with another attribute.
 
 Files: `caption_fit.csv` / `.md` (one row per attribute and report step).
 """

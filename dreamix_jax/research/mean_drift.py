@@ -3,10 +3,10 @@
 At a very low log-SNR the noisy input carries almost nothing about the clip, so the best x0
 prediction is the caption's mean video E[x0 | caption]. In the moving-shapes world that mean moves:
 an object moving right must stay in the frame, so it starts on the left and ends on the right, and
-the average of many such clips is a smear that drifts right over the clip (about ±10 pixels of 40
-at the base stage). A denoiser that has tied the motion words to time reproduces that drift; one
-whose temporal layers only see relative frame offsets (translation-equivariant over frames) gets
-the same input at every frame — noise and one caption — and predicts a still smear.
+the average of many such clips is a smear that drifts right over the clip. A denoiser that has tied
+the motion words to time reproduces that drift; one whose temporal layers only see relative frame
+offsets (translation-equivariant over frames) gets the same input at every frame — noise and one
+caption — and predicts a still smear.
 
 For each motion, with the object, color and background fixed (`object_caption`), this benchmark
 averages x̂0 = x_from_v(z, v̂) over `num_noise` pure-noise draws at each of `logsnrs`, and compares
@@ -15,8 +15,8 @@ same statistic of the world's own mean over `num_clips` rendered clips of that c
 passes only (seconds), so it can be run at every checkpoint.
 
 It also reports how much the loss asks for that drift (`still_mean_cost`): the extra x0 error of
-a still smear over the drifting mean, as a share of the mean's own error — a few percent here,
-which is why pretraining learns the motion words so much later than colors.
+a still smear over the drifting mean, as a share of the mean's own error. A small share means the
+loss rewards the motion words only weakly, so pretraining learns them late.
 
 With `num_samples` > 0 it also asks whether learning that drift would be enough for the samples
 to move the caption's way (`direction_from_mean`): the guided sampler is started at the log-SNR of
@@ -129,7 +129,8 @@ def measure(denoise: Denoise, embedder, *, shape: tuple[int, int, int],
 def guided_start(means: dict[str, np.ndarray], guidance: float) -> dict[str, np.ndarray]:
   """The x̂0 a guided sampler's first step makes of a base that predicts every caption's mean video
   from pure noise: m_c + w (m_c − m̄), with m̄ the mean over the motions (the object's mean
-  whatever its motion, standing in for the unconditional prediction). means: motion -> (T, H, W, 3)."""
+  whatever its motion, standing in for the unconditional prediction).
+  means: motion -> (T, H, W, 3)."""
   unconditional = np.mean(list(means.values()), axis=0)
   return {m: v + guidance * (v - unconditional) for m, v in means.items()}
 

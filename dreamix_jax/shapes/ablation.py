@@ -1,10 +1,10 @@
 """The moving-shapes ablation benchmark: the analogue of the paper's Table 1 and Fig. 12.
 
 Source clips are the first `num_clips` clips of the moving-shapes test split. Each clip is edited
-in the four categories of docs/design.md (the moving-shapes world) — motion (change the direction), object (change the shape),
-appearance (change the color), background (change the background color) — by changing exactly one
-attribute of its caption (which value: `edit_attributes`, deterministic from the clip index), with
-four methods:
+in the four categories of docs/design.md (the moving-shapes world) — motion (change the
+direction), object (change the shape), appearance (change the color), background (change the
+background color) — by changing exactly one attribute of its caption (which value:
+`edit_attributes`, deterministic from the clip index), with four methods:
 
 - `none`: Dreamix without finetuning (noise to `s`, denoise with the pretrained cascade);
 - `video`: finetuned on the clip with α = 1 (video objective only), then edited;

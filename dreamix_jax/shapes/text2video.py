@@ -38,7 +38,8 @@ GRID_SAMPLES = 16
 
 
 def test_captions(num_captions: int, data_seed: int) -> list[shapes.Attributes]:
-  """The captioned attributes of the first `num_captions` test-split clips built with `data_seed`."""
+  """The captioned attributes of the first `num_captions` test-split clips built with
+  `data_seed`."""
   if num_captions < 1:
     raise ValueError(f"text2video.num_captions must be at least 1, got {num_captions}.")
   return [shapes.clip_attributes(data_seed, "test", i).discrete()

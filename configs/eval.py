@@ -67,10 +67,8 @@ def get_config(arg=None):
                            batch_size=1 if arg.runlocal else 25, trace=False)
   # Log-SNRs from where the object is barely visible (−6) to lightly noised (2); the same noise is
   # shared by every candidate caption of a clip.
-  # context_frame >= 0: that frame nearly clean (context_logsnr) and left out of the error.
   config.classifier = dict(num_clips=2 if arg.runlocal else 32, data_seed=0,
-                           logsnrs=(-6.0, -4.0, -2.0, 0.0, 2.0), context_frame=-1,
-                           context_logsnr=8.0)
+                           logsnrs=(-6.0, -4.0, -2.0, 0.0, 2.0))
   # Log-SNRs where the input is (nearly) pure noise; 16 draws per caption; 200 rendered clips per
   # motion for the world's mean; num_samples per motion sampled from the mean start (0: none).
   config.drift = dict(object="a red circle standing still on a black background",
@@ -81,7 +79,7 @@ def get_config(arg=None):
                             learning_rate=1e-3, report_every=1 if arg.runlocal else 25)
   config.alphas = dict(sweep.PAPER_ALPHAS)
   # As configs/edit.py: the finetuned methods tune the base stage alone, batch 1 (tuning tsr and ssr
-  # too would take ~30 min per clip and method on a 2-core CPU).
+  # too would multiply the cost of every clip and method on a CPU).
   config.finetune = finetune.finetune_config(
       batch_size=1, log_every=1 if arg.runlocal else 10, stages=("base",))
   config.finetune.optimizer.lr = 1e-4  # as configs/edit.py: the toy cascade takes a larger step

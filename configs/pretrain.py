@@ -38,13 +38,6 @@ def get_config(arg=None):
   # (`diffusion.objectives.sample_logsnr`).
   config.logsnr_shift = 0.0
   config.text_dropout = 0.1
-  # Context frames (`train.losses.StageLoss`): this share of the videos gets one frame at a log-SNR
-  # of at least U[logsnr_min, logsnr_max] (nearly clean), the rest at the example's level.
-  config.context_frame = dict(share=0.0, logsnr_min=2.0, logsnr_max=8.0)
-  # Caption contrast (`train.losses.CaptionContrast`, base stage, moving-shapes captions): with
-  # attribute set (e.g. "motion"), the batch's videos noised again at log-SNR ~ U[logsnr_min,
-  # logsnr_max] must have a larger error under the caption with that word changed, by `margin`.
-  config.contrast = dict(attribute="", weight=1.0, margin=0.05, logsnr_min=-7.0, logsnr_max=-2.0)
   config.on_nonfinite = "stop"
   # Batches rendered ahead on worker threads, overlapping the step (an accelerator's step is far
   # shorter than rendering a batch of clips on one core).

@@ -1,4 +1,5 @@
-"""CLIP parity with transformers' PyTorch CLIPModel, weight-import errors, frame preprocessing."""
+"""CLIP parity with transformers' PyTorch CLIPModel (`metrics.clip_model`), weight-import errors
+(`metrics.clip_weights`), frame preprocessing and the score (`metrics.clip`)."""
 
 import json
 import os
@@ -10,7 +11,7 @@ from PIL import Image
 import torch
 import transformers
 
-from dreamix_jax.metrics import clip
+from dreamix_jax.metrics import clip, clip_model, clip_weights
 from dreamix_jax.metrics import frames
 
 IMAGE_SIZE = 32
@@ -75,7 +76,7 @@ def test_parity_with_transformers(clip_dir, scorer):
                       pixel_values=_to_torch_pixels(pixels))
   logits = scorer.model.apply(scorer.variables, pixels, ids)
   np.testing.assert_allclose(logits, ref.logits_per_image.numpy(), atol=1e-5, rtol=1e-5)
-  image = scorer.model.apply(scorer.variables, pixels, method=clip.ClipModel.image_features)
+  image = scorer.model.apply(scorer.variables, pixels, method=clip_model.ClipModel.image_features)
   image = image / np.linalg.norm(image, axis=-1, keepdims=True)
   np.testing.assert_allclose(image, ref.image_embeds.numpy(), atol=1e-5)
   np.testing.assert_allclose(scorer.text_embeddings(prompts), ref.text_embeds.numpy(), atol=1e-5)
@@ -123,8 +124,8 @@ def test_sharded_checkpoint_loads_the_same_tensors(clip_dir, tmp_path):
   torch_model.save_pretrained(str(tmp_path), max_shard_size="50KB")
   assert os.path.exists(tmp_path / "model.safetensors.index.json")
   assert len(list(tmp_path.glob("model-*.safetensors"))) > 1
-  sharded = clip.load_safetensors_dir(str(tmp_path))
-  single = clip.load_safetensors_dir(model_dir)
+  sharded = clip_weights.load_safetensors_dir(str(tmp_path))
+  single = clip_weights.load_safetensors_dir(model_dir)
   assert sharded.keys() == single.keys()
   for name, value in single.items():
     np.testing.assert_array_equal(sharded[name], value)
@@ -133,8 +134,8 @@ def test_sharded_checkpoint_loads_the_same_tensors(clip_dir, tmp_path):
 @pytest.fixture(scope="module")
 def tensors_and_config(clip_dir):
   model_dir, torch_model = clip_dir
-  return (clip.load_safetensors_dir(model_dir),
-          clip.ClipConfig.from_hf(torch_model.config))
+  return (clip_weights.load_safetensors_dir(model_dir),
+          clip_model.ClipConfig.from_hf(torch_model.config))
 
 
 def test_import_rejects_missing_tensor(tensors_and_config):
@@ -142,14 +143,14 @@ def test_import_rejects_missing_tensor(tensors_and_config):
   broken = dict(tensors)
   del broken["text_model.encoder.layers.1.mlp.fc2.bias"]
   with pytest.raises(ValueError, match=r"missing tensors \['text_model.encoder.layers.1.mlp.fc2"):
-    clip.params_from_hf(broken, config)
+    clip_weights.params_from_hf(broken, config)
 
 
 def test_import_rejects_unexpected_tensor(tensors_and_config):
   tensors, config = tensors_and_config
   broken = dict(tensors, **{"vision_model.extra.weight": np.zeros(3, np.float32)})
   with pytest.raises(ValueError, match=r"unexpected tensors \['vision_model.extra.weight'\]"):
-    clip.params_from_hf(broken, config)
+    clip_weights.params_from_hf(broken, config)
 
 
 def test_import_rejects_misshaped_tensor(tensors_and_config):
@@ -158,41 +159,41 @@ def test_import_rejects_misshaped_tensor(tensors_and_config):
   broken["vision_model.encoder.layers.0.self_attn.q_proj.weight"] = np.zeros((32, 16), np.float32)
   with pytest.raises(ValueError, match=r"vision_model.encoder.layers.0.self_attn.q_proj.weight "
                      r"has shape \(32, 16\)"):
-    clip.params_from_hf(broken, config)
+    clip_weights.params_from_hf(broken, config)
 
 
 def test_import_ignores_legacy_position_id_buffers(tensors_and_config):
   tensors, config = tensors_and_config
   legacy = dict(tensors, **{"text_model.embeddings.position_ids": np.arange(MAX_TOKENS)[None]})
-  params = clip.params_from_hf(legacy, config)["params"]
+  params = clip_weights.params_from_hf(legacy, config)["params"]
   np.testing.assert_array_equal(params["logit_scale"], tensors["logit_scale"])
 
 
 def test_missing_weights_file_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="model.safetensors"):
-    clip.load_safetensors_dir(str(tmp_path))
+    clip_weights.load_safetensors_dir(str(tmp_path))
   with pytest.raises(FileNotFoundError, match="config.json"):
-    clip.load_clip(str(tmp_path))
+    clip_weights.load_clip(str(tmp_path))
 
 
 def test_eos_pooling_positions():
   ids = np.array([[0, 5, 7, 1, 1, 1], [0, 9, 1, 1, 1, 1]])
-  np.testing.assert_array_equal(clip.eos_positions(ids, eos_token_id=1), [3, 2])
+  np.testing.assert_array_equal(clip_model.eos_positions(ids, eos_token_id=1), [3, 2])
   legacy = np.array([[49406, 5, 49407, 0, 0], [49406, 49407, 0, 0, 0]])
-  np.testing.assert_array_equal(clip.eos_positions(legacy, eos_token_id=2), [2, 1])
+  np.testing.assert_array_equal(clip_model.eos_positions(legacy, eos_token_id=2), [2, 1])
 
 
 def test_gelu_config_matches_transformers():
   torch.manual_seed(3)
   model = transformers.CLIPModel(_tiny_config(hidden_act="gelu")).eval()
-  config = clip.ClipConfig.from_hf(model.config)
+  config = clip_model.ClipConfig.from_hf(model.config)
   tensors = {k: v.numpy() for k, v in model.state_dict().items()}
-  variables = clip.params_from_hf(tensors, config)
+  variables = clip_weights.params_from_hf(tensors, config)
   pixels = np.random.default_rng(4).normal(size=(2, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)
   ids = np.array([[0, 5, 7, 1, 1], [0, 9, 1, 1, 1]])
   with torch.no_grad():
     ref = model(input_ids=torch.from_numpy(ids), pixel_values=_to_torch_pixels(pixels))
-  logits = clip.ClipModel(config).apply(variables, pixels, ids)
+  logits = clip_model.ClipModel(config).apply(variables, pixels, ids)
   np.testing.assert_allclose(logits, ref.logits_per_image.numpy(), atol=1e-5, rtol=1e-5)
 
 

@@ -3,6 +3,7 @@ benchmark on the tiny random cascade."""
 
 import csv
 import dataclasses
+import inspect
 import pathlib
 
 import numpy as np
@@ -12,6 +13,7 @@ from dreamix_jax.data import tfds_builders
 from dreamix_jax.shapes import world as shapes
 from dreamix_jax.shapes import ablation
 from dreamix_jax.data import report
+from dreamix_jax.metrics import temporal
 from dreamix_jax.shapes import scoring
 from dreamix_jax.shapes import text2video
 from dreamix_jax.jobs import common, evaluate
@@ -63,9 +65,12 @@ def test_kept_is_fidelity_without_the_texture():
 def test_temporal_distance():
   video = np.zeros((3, 4, 5, 3), np.float32)
   video[1] = 0.5
-  assert scoring.temporal_distance(video) == pytest.approx(0.5)
+  assert temporal.temporal_distance(video) == pytest.approx(0.5)
   with pytest.raises(ValueError, match="T >= 2"):
-    scoring.temporal_distance(video[:1])
+    temporal.temporal_distance(video[:1])
+  # An edit's stability is the temporal distance of its output.
+  assert scoring.edit_scores(render(), render(), prompt()).stability == pytest.approx(
+      temporal.temporal_distance(render()))
 
 
 def test_edit_attributes_change_exactly_one_attribute():
@@ -139,8 +144,18 @@ def test_eval_config_errors(tmp_path):
     evaluate.run(load(f"configs/eval.py:outputs={tmp_path / 'none'}"), str(tmp_path))
   with pytest.raises(ValueError, match="No result folders"):
     evaluate.run(load(f"configs/eval.py:outputs={tmp_path}"), str(tmp_path))
-  with pytest.raises(ValueError, match="Unknown benchmark"):
+  with pytest.raises(ValueError, match=r"Unknown benchmark 'faces'; use one of \('shapes', "
+                     r"'text2video', 'classifier', 'drift', 'caption_fit'\)"):
     evaluate.run(load("configs/eval.py:benchmark=faces"), str(tmp_path))
+
+
+def test_every_benchmark_has_the_one_signature():
+  """The registry's functions all take `evaluate.Benchmark`'s arguments, and none lives in jobs/."""
+  want = list(inspect.signature(evaluate.Benchmark.__call__).parameters.values())[1:]  # no self
+  for name, benchmark in evaluate.BENCHMARKS.items():
+    got = list(inspect.signature(benchmark).parameters.values())
+    assert [(p.name, p.kind) for p in got] == [(p.name, p.kind) for p in want], name
+    assert not benchmark.__module__.startswith("dreamix_jax.jobs"), name
 
 
 def test_ablation_runlocal(tmp_path, monkeypatch):

@@ -74,30 +74,6 @@ def test_trajectory_holds_each_steps_prediction_in_order():
                                                           t_start=t_start))
 
 
-def test_noisy_guidance_replaces_the_weight_below_its_log_snr():
-  """Conditional x̂ = 1, unconditional x̂ = 0, so a step's guided x̂ is its weight: `noisy_guidance`
-  exactly at the steps whose log-SNR is below `noisy_logsnr` (for any start), `guidance` after."""
-
-  def v_for(x_value):
-    def v(z, lam):
-      x = jnp.full_like(z, x_value)
-      alpha, sigma = (schedules._bcast(a, z) for a in schedules.alpha_sigma(lam))
-      return schedules.v_from_x_eps(x, (z - alpha * x) / sigma, lam)
-    return v
-
-  v_fn = lambda z, lam: (v_for(1.0)(z, lam), v_for(0.0)(z, lam))
-  cfg = sampling.SamplerConfig(num_steps=8, guidance=3.0, thresholding="none", noisy_guidance=7.0,
-                               noisy_logsnr=-2.0)
-  assert cfg.guided and not sampling.SamplerConfig(noisy_guidance=0.0).guided  # 0: off
-  z = jax.random.normal(jax.random.PRNGKey(5), (1, 4))
-  for t_start in (1.0, 0.9):
-    _, xs = sampling.ddim_sample(v_fn, z, jax.random.PRNGKey(0), schedule=SCHED, config=cfg,
-                                 t_start=t_start, trajectory=True)
-    lam = np.asarray(SCHED.logsnr(sampling.step_times(8, t_start)[:-1]))
-    assert 0 < np.sum(lam < -2.0) < 8
-    np.testing.assert_allclose(xs[:, 0, 0], np.where(lam < -2.0, 7.0, 3.0), rtol=1e-5)
-
-
 def test_start_at_zero_returns_input():
   cfg = sampling.SamplerConfig(num_steps=4)
   z = jax.random.normal(jax.random.PRNGKey(3), (2, 3, 4, 4, 3))

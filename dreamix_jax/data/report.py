@@ -1,4 +1,4 @@
-"""Writing evaluation results: CSV and markdown tables, a grouped bar chart (PIL), atomic text files.
+"""Writing evaluation results: CSV and markdown tables, a grouped bar chart (PIL), atomic files.
 
 Every file is written to a temporary name in its folder and renamed onto the destination, so a
 reader never sees half a table.

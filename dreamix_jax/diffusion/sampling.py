@@ -10,11 +10,6 @@ Steps are uniform in t on `[0, t_start]`, so editing can start from any noise le
 Guidance follows Imagen: ε̃ = w ε_c + (1 − w) ε_u (w = 1 is off). Since x̂ and ε̂ are affine in v̂ with
 weights that sum to one, the same combination is applied to v̂. Oscillating guidance (Imagen Video)
 uses `w_high` for the first `oscillate_after` steps, then alternates `w_high`, `w_low`.
-With `noisy_guidance` > 0 (default 0: off), steps that run the denoiser below log-SNR
-`noisy_logsnr` use that weight instead (guidance in a limited interval, Kynkäänniemi et al. 2024):
-the noisiest steps are where a sample's motion is decided (the text-to-video benchmark's `trace`
-measures it), so a caption's motion word can be weighted there without over-saturating the later
-steps that draw the object.
 """
 
 from __future__ import annotations
@@ -45,8 +40,6 @@ class SamplerConfig:
   oscillate_after: int = 0
   thresholding: str = "dynamic"
   threshold_percentile: float = 99.5
-  noisy_guidance: float = 0.0  # 0: off
-  noisy_logsnr: float = -2.0
 
   def __post_init__(self):
     if self.num_steps < 1:
@@ -55,18 +48,14 @@ class SamplerConfig:
       raise ValueError(f"eta must be in [0, 1], got {self.eta}.")
     if self.thresholding not in THRESHOLDING:
       raise ValueError(f"thresholding {self.thresholding!r} is not one of {THRESHOLDING}.")
-    if self.noisy_guidance < 0:
-      raise ValueError(f"noisy_guidance must be ≥ 0 (0 turns it off), got {self.noisy_guidance}.")
 
   @property
   def guided(self) -> bool:
     """Whether any step needs the unconditional branch."""
-    noisy = self.noisy_guidance > 0 and self.noisy_guidance != 1.0
-    return bool(np.any(self.guidance_weights() != 1.0)) or noisy
+    return bool(np.any(self.guidance_weights() != 1.0))
 
   def guidance_weights(self) -> np.ndarray:
-    """Per-step guidance weights, shape (num_steps,), before `noisy_guidance` (which depends on
-    each step's log-SNR, so on where sampling starts)."""
+    """Per-step guidance weights, shape (num_steps,)."""
     w = np.full((self.num_steps,), self.guidance, np.float32)
     if self.guidance_low is not None:
       late = np.arange(self.num_steps) >= self.oscillate_after
@@ -134,8 +123,6 @@ def ddim_sample(v_fn: VFn, z_start, rng, *, schedule: schedules.CosineLogSNR,
     lam_t = jnp.full((batch,), schedule.logsnr(t))
     lam_s = schedule.logsnr(s)
     v_c, v_u = v_fn(z, lam_t)
-    if config.noisy_guidance > 0:
-      w = jnp.where(lam_t[0] < config.noisy_logsnr, config.noisy_guidance, w)
     v = v_c if v_u is None else w * v_c + (1.0 - w) * v_u
     x = threshold(schedules.x_from_v(z, v, lam_t), config.thresholding,
                   config.threshold_percentile)

@@ -9,7 +9,8 @@
 
 Scoring (`config.outputs`): every result folder below the directory (one holding meta.json and
 output.mp4, as every sampling job writes) gets a row of `scores.csv` / `scores.md` in the workdir:
-- always the temporal distance (mean RMS difference of consecutive frames; lower is stabler);
+- always the temporal distance (`metrics.temporal`: mean RMS difference of consecutive frames;
+  lower is stabler);
 - the frame-level CLIP score with the prompt when `config.clip_dir` holds a CLIP model;
 - temporal LPIPS when `config.lpips_weights` is a converted LPIPS file (tools/convert_lpips);
 - when the prompt is a moving-shapes caption, the probe's readings: an edit (the folder has
@@ -17,7 +18,9 @@ output.mp4, as every sampling job writes) gets a row of `scores.csv` / `scores.m
   are probed from input.mp4 unless meta.json names `source_caption`), a text-to-video sample gets
   alignment alone.
 
-Benchmarks: `config.benchmark = "shapes"`, the editing ablation (`shapes.ablation`; writes
+Benchmarks (`BENCHMARKS`: name -> a `Benchmark` function in its own module; the job loads the
+cascade and the text embedder, the function runs and writes everything else):
+`config.benchmark = "shapes"`, the editing ablation (`shapes.ablation`; writes
 ablation.csv/.md, ablation_edits.csv and ablation_success[_kept].png); `"text2video"`, test-split
 captions sampled and read back by the probe (`shapes.text2video`; writes text2video.csv/.md,
 text2video_samples.csv, text2video_confusion_<attribute>.csv/.md and text2video_grid.png);
@@ -34,6 +37,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from typing import Protocol
 
 import numpy as np
 from absl import logging
@@ -43,9 +47,36 @@ from dreamix_jax.research import caption_classifier, caption_fit, mean_drift
 from dreamix_jax.shapes import ablation, probe, scoring, text2video, world as shapes
 from dreamix_jax.metrics import clip as clip_lib
 from dreamix_jax.metrics import lpips as lpips_lib
+from dreamix_jax.metrics import temporal
 from dreamix_jax.jobs import common
 
-BENCHMARKS = ("shapes", "text2video", "classifier", "drift", "caption_fit")
+
+class Benchmark(Protocol):
+  """What every entry of `BENCHMARKS` is: runs one benchmark on a loaded cascade and writes its
+  files into `workdir`; returns {kind: path} of the files written (with at least "table_md").
+
+  `config` is the eval config (each benchmark reads its own section, and `seed`); `cascade` a
+  `cascade.Cascade`; `params` {stage name: parameters} of the stages `load_upto` names; `embedder`
+  the cascade's text embedder (captions -> (embeddings, mask)); `timer(name)` a context manager
+  that times a phase of the run (`jobs.common.Timer`).
+  """
+
+  def __call__(self, config, workdir: str, *, cascade, params, embedder,
+               timer) -> dict[str, str]:
+    ...
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "shapes": ablation.run_benchmark,
+    "text2video": text2video.run_benchmark,
+    "classifier": caption_classifier.run_benchmark,
+    "drift": mean_drift.run_benchmark,
+    "caption_fit": caption_fit.run_benchmark,
+}
+# The last stage a benchmark needs loaded ("": every stage); benchmarks not named here read the
+# base stage alone.
+_LOAD_UPTO = {"shapes": lambda config: config.ablation.upto,
+              "text2video": lambda config: config.text2video.upto}
 # The leading columns of scores.csv (the score columns follow, in first-seen order).
 ID_COLUMNS = ("folder", "prompt", "job", "setting", "s")
 
@@ -65,30 +96,22 @@ def run(config, workdir: str) -> dict[str, str]:
   return write_scores(workdir, rows)
 
 
+def load_upto(config) -> str:
+  """The last stage `config.benchmark` needs loaded ("": every stage)."""
+  return _LOAD_UPTO.get(config.benchmark, lambda config: config.cascade.order[0])(config)
+
+
 def run_benchmark(config, workdir: str) -> dict[str, str]:
-  if config.benchmark not in BENCHMARKS:
-    raise ValueError(f"Unknown benchmark {config.benchmark!r}; use one of {BENCHMARKS}.")
+  """Loads what `config.benchmark` needs and runs its `BENCHMARKS` entry; returns its paths."""
+  benchmark = BENCHMARKS.get(config.benchmark)
+  if benchmark is None:
+    raise ValueError(f"Unknown benchmark {config.benchmark!r}; use one of {tuple(BENCHMARKS)}.")
   timer = common.Timer()
-  upto = {"text2video": config.text2video.upto, "shapes": config.ablation.upto}.get(
-      config.benchmark, config.cascade.order[0])  # the others read the base stage alone
   with timer("load"):
-    cascade, params = common.load_cascade(config, upto=upto)
+    cascade, params = common.load_cascade(config, upto=load_upto(config))
     embedder = common.make_embedder(config, cascade)
-  if config.benchmark == "text2video":
-    rows, decision = text2video.run_benchmark(cascade, params, embedder, config, workdir, timer)
-    paths = text2video.write_results(workdir, rows, upto or cascade.names[-1], decision)
-  elif config.benchmark == "classifier":
-    rows = caption_classifier.run_benchmark(cascade, params, embedder, config, workdir, timer)
-    paths = caption_classifier.write_results(workdir, rows, config.classifier.logsnrs)
-  elif config.benchmark == "drift":
-    rows = mean_drift.run_benchmark(cascade, params, embedder, config, workdir, timer)
-    paths = mean_drift.write_results(workdir, rows)
-  elif config.benchmark == "caption_fit":
-    rows = caption_fit.run_benchmark(cascade, params, embedder, config, workdir, timer)
-    paths = caption_fit.write_results(workdir, rows)
-  else:
-    rows = ablation.run_benchmark(cascade, params, embedder, config, workdir, timer)
-    paths = ablation.write_results(workdir, rows)
+  paths = benchmark(config, workdir, cascade=cascade, params=params, embedder=embedder,
+                    timer=timer)
   logging.info("%s benchmark written to %s (timings %s)", config.benchmark, paths["table_md"],
                timer.phases)
   return paths
@@ -131,7 +154,7 @@ def score_folders(root: str, *, clip_dir: str = "", lpips_weights: str = "") -> 
     prompt = meta["prompt"]
     row = dict(folder=os.path.relpath(folder, root) if folder != root else ".", prompt=prompt,
                job=meta.get("job", ""), setting=meta.get("setting", ""), s=meta.get("s", ""),
-               temporal_distance=scoring.temporal_distance(output))
+               temporal_distance=temporal.temporal_distance(output))
     if clip_scorer is not None:
       row["clip_score"] = clip_scorer.score(output, prompt, fps)
     if lpips_model is not None:

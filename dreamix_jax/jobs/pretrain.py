@@ -5,11 +5,7 @@
 Batches are joint image-video (VDM / Imagen Video): a fraction `data.image_fraction` of each batch is
 a *set of images* — the frames of one clip in random order, with the identity temporal mask and one
 noise level per frame — the rest are ordinary videos. Captions are dropped (null embedding) with
-probability `text_dropout` so the stage supports classifier-free guidance. With
-`contrast.attribute` (base stage, moving-shapes captions) each batch also carries every caption with
-that attribute changed, for the caption-contrast hinge (`train.losses.CaptionContrast`). With
-`context_frame.share` > 0 that share of the videos has one frame nearly clean (context frames,
-`train.losses.StageLoss`).
+probability `text_dropout` so the stage supports classifier-free guidance.
 
 Data: `data.source = "moving_shapes"` renders clips on the fly (deterministic by seed; clip i of the
 train split is the same as in the TFDS `moving_shapes` builder), `"tfds"` reads a prepared TFDS
@@ -118,24 +114,6 @@ class BatchMaker:
     return (np.stack([self._emb[c][0] for c in captions]),
             np.stack([self._emb[c][1] for c in captions]))
 
-  def _counterfactuals(self, examples, positions, step, covered):
-    """The contrast captions (`losses.CaptionContrast`): each caption with
-    `config.contrast.attribute` changed, drawn per (data seed, step, global position)."""
-    attribute = self.config.contrast.attribute
-    captions = []
-    for example, position in zip(examples, positions):
-      try:
-        attrs = shapes.parse_caption(example["caption"])
-      except ValueError as e:
-        raise ValueError(f"config.contrast.attribute={attribute!r} needs captions of the "
-                         f"moving-shapes grammar to change one attribute of: {e} Set "
-                         "--config.contrast.attribute='' for other data.") from None
-      rng = np.random.default_rng((self.config.data.seed, 2, step, int(position)))
-      captions.append(shapes.caption(shapes.counterfactual(attrs, attribute, rng)))
-    text, mask = self._embed(captions)
-    return dict(contrast_text=text.astype(np.float32), contrast_text_mask=mask.astype(bool),
-                contrast_weight=covered.astype(np.float32))
-
   def __call__(self, step: int) -> dict:
     cfg = self.config
     b = cfg.batch_size
@@ -170,8 +148,6 @@ class BatchMaker:
     mask = np.where(drop[:, None], self._null[1], mask)
     batch = dict(video=video, text=text.astype(np.float32), text_mask=mask.astype(bool),
                  temporal_mask=temporal_mask)
-    if cfg.contrast.attribute:
-      batch.update(self._counterfactuals(examples, positions, step, ~drop & (temporal_mask == 0)))
     if low is not None:
       batch["low"] = low
     return batch
@@ -214,25 +190,10 @@ def run(config, workdir: str):
   embedder = common.make_embedder(config, cascade)
   apply = cascade.denoiser(stage)
   loss_fn = losses.make_stage_loss(apply, stage, cascade.schedule, weighting=config.weighting,
-                                   logsnr_shift=config.logsnr_shift,
-                                   context_share=config.context_frame.share,
-                                   context_logsnr=(config.context_frame.logsnr_min,
-                                                   config.context_frame.logsnr_max))
+                                   logsnr_shift=config.logsnr_shift)
 
-  if config.contrast.attribute:
-    if config.contrast.attribute not in shapes.VOCABULARIES:
-      raise ValueError(f"config.contrast.attribute={config.contrast.attribute!r} is not a caption "
-                       f"attribute; choose one of {', '.join(shapes.VOCABULARIES)} (or '' for off).")
-    if stage.kind != "base":
-      raise ValueError("config.contrast applies to the base stage (the one that reads the caption "
-                       f"to lay out the video); stage {stage.name!r} is {stage.kind}.")
-    train_loss = losses.CaptionContrast(loss_fn, weight=config.contrast.weight,
-                                        margin=config.contrast.margin,
-                                        logsnr_min=config.contrast.logsnr_min,
-                                        logsnr_max=config.contrast.logsnr_max)
-  else:
-    def train_loss(params, batch, rng):
-      return loss_fn(params, batch, rng).mean(), {}
+  def train_loss(params, batch, rng):
+    return loss_fn(params, batch, rng).mean(), {}
 
   optimizer = state_lib.make_optimizer(config.optimizer)
   step_fn = state_lib.make_train_step(

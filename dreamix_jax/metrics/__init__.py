@@ -1,1 +1,1 @@
-"""Video metrics that work on any video: frame-level CLIP score, temporal LPIPS, temporal distance."""
+"""Video metrics for any video: frame-level CLIP score, temporal LPIPS, temporal distance."""

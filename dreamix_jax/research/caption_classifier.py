@@ -9,15 +9,10 @@ true one in that attribute alone (5 colors, 3 shapes, 5 motions, 3 backgrounds),
 with the lowest v-error wins. The benchmark reports, per attribute, the share of clips on which the
 true caption wins (summed over noise levels, and at each level) against chance (1 / candidates).
 
-With `context_frame` (an index) that frame is noised at `context_logsnr` instead (nearly clean) and
-left out of the error: the denoiser sees the object plainly there and must place it in the other
-frames, where only the motion word says which way it went (the context-frame training task,
-`train.losses.StageLoss`).
-
 Why it exists: sampling + the pixel probe (`shapes.text2video`) says *whether* samples show an
-attribute; this says whether the model *uses* the words at all, from forward passes only (about a
-quarter of the compute of 48 samples), so it can track an attribute during pretraining. An
-attribute at chance here is ignored by the denoiser, whatever the sampler or guidance weight.
+attribute; this says whether the model *uses* the words at all, from forward passes only (no
+sampling loop), so it is cheap enough to track an attribute during pretraining. An attribute at
+chance here is ignored by the denoiser, whatever the sampler or guidance weight.
 
 Files written into the workdir: `classifier_clips.csv` (one row per clip and attribute: the true
 value, the winner, the v-error of every candidate), `classifier.csv` / `.md` (the table).
@@ -56,17 +51,17 @@ def candidate_captions(target: shapes.Attributes, attribute: str) -> list[str]:
 def _compiled_errors(backbone):
   apply = parametrisation.v_on_logsnr(backbone, schedules.CosineLogSNR())
 
-  def errors(params, video, text, text_mask, eps, logsnrs, weights):
-    """video (1, T, H, W, C); text (K, L, D); eps (N, 1, T, H, W, C); logsnrs (N, T) per frame;
-    weights (T,) of each frame's error -> (K, N)."""
-    k = text.shape[0]
+  def errors(params, video, text, text_mask, eps, logsnrs):
+    """video (1, T, H, W, C); text (K, L, D); eps (N, 1, T, H, W, C); logsnrs (N,) -> (K, N)."""
+    k, frames = text.shape[0], video.shape[1]
 
     def at_level(lam, e):
-      lam = lam[None]  # (1, T)
+      lam = jnp.full((1, frames), lam)  # one log-SNR per frame, as the U-Net takes it in training
       z = jnp.broadcast_to(schedules.diffuse(video, e, lam), (k,) + video.shape[1:])
-      v = apply(params, z, jnp.broadcast_to(lam, (k, lam.shape[1])), text, text_mask)
+      v = apply(params, z, jnp.broadcast_to(lam, (k, frames)), text, text_mask)
       per_frame = jnp.mean(jnp.square(v - schedules.v_target(video, e, lam)), axis=(2, 3, 4))
-      return per_frame @ weights / jnp.sum(weights)
+      # The mean over frames as a dot product with ones: bit for bit the errors of earlier runs.
+      return per_frame @ jnp.ones((frames,), per_frame.dtype) / frames
 
     return jax.lax.map(lambda xs: at_level(*xs), (logsnrs, eps)).T
 
@@ -74,31 +69,20 @@ def _compiled_errors(backbone):
 
 
 def denoising_errors(stage, params, video: np.ndarray, text: np.ndarray, text_mask: np.ndarray,
-                     eps: np.ndarray, logsnrs: Sequence[float],
-                     context: tuple[int, float] | None = None) -> np.ndarray:
+                     eps: np.ndarray, logsnrs: Sequence[float]) -> np.ndarray:
   """Mean squared v-error of the (base) stage's U-Net on `video` (T, H, W, C) noised with `eps[n]`
   (N, T, H, W, C) at `logsnrs[n]`, under each of K texts `(K, L, D)`: `(K, N)`. The same noise is
-  used for every text, so the errors of different captions are paired. `context` (frame,
-  log-SNR): that frame is noised at the higher of the two log-SNRs and left out of the error."""
+  used for every text, so the errors of different captions are paired."""
   if stage.conditional:
     raise ValueError(f"The caption classifier needs a base stage (no low-resolution condition); "
                      f"{stage.name!r} is a {stage.kind} stage.")
   if eps.shape != (len(logsnrs),) + video.shape:
     raise ValueError(f"eps must be (num_logsnrs,) + video.shape = "
                      f"{(len(logsnrs),) + video.shape}, got {eps.shape}.")
-  frames = video.shape[0]
-  frame_logsnrs = np.repeat(np.asarray(logsnrs, np.float32)[:, None], frames, axis=1)  # (N, T)
-  weights = np.ones(frames, np.float32)
-  if context is not None:
-    frame, level = context
-    if not 0 <= frame < frames:
-      raise ValueError(f"context frame {frame} is not a frame of the {frames}-frame clip.")
-    frame_logsnrs[:, frame] = np.maximum(frame_logsnrs[:, frame], level)
-    weights[frame] = 0.0
   out = _compiled_errors(stage.backbone)(
       params, jnp.asarray(video[None], jnp.float32), jnp.asarray(text, jnp.float32),
       jnp.asarray(text_mask, bool), jnp.asarray(eps[:, None], jnp.float32),
-      jnp.asarray(frame_logsnrs), jnp.asarray(weights))
+      jnp.asarray(logsnrs, jnp.float32))
   return np.asarray(jax.device_get(out))
 
 
@@ -152,11 +136,11 @@ def summarize(rows: Sequence[dict], logsnrs: Sequence[float]) -> list[dict]:
   return table
 
 
-def run_benchmark(cascade, params, embedder, config, workdir: str, timer) -> list[dict]:
-  """Classifies the first `config.classifier.num_clips` test clips with the base stage; returns
-  the per-(clip, attribute) rows. `config.classifier` carries num_clips, data_seed, logsnrs and
-  context_frame / context_logsnr (-1: no context frame); `config.seed` seeds the noise."""
-  del workdir  # everything is written by write_results
+def run_benchmark(config, workdir: str, *, cascade, params, embedder, timer) -> dict[str, str]:
+  """The eval job's `benchmark=classifier` (arguments: `jobs.evaluate.Benchmark`): classifies the
+  first `config.classifier.num_clips` test clips with the base stage and writes `write_results`'
+  files; returns {kind: path}. `config.classifier` carries num_clips, data_seed and logsnrs;
+  `config.seed` seeds the noise."""
   cfg = config.classifier
   if cfg.num_clips < 1:
     raise ValueError(f"classifier.num_clips must be at least 1, got {cfg.num_clips}.")
@@ -166,13 +150,11 @@ def run_benchmark(cascade, params, embedder, config, workdir: str, timer) -> lis
                      "'(-6,-4,-2,0,2)'.")
   targets = [shapes.clip_attributes(cfg.data_seed, "test", i) for i in range(cfg.num_clips)]
   base = cascade.stages[0]
-  context = None
-  if cfg.context_frame >= 0:
-    context = (int(cfg.context_frame), float(cfg.context_logsnr))
   with timer("classify"):
-    errors_fn = functools.partial(denoising_errors, base, params[base.name], context=context)
-    return classify_clips(errors_fn, embedder, targets, shape=base.shape, logsnrs=logsnrs,
+    errors_fn = functools.partial(denoising_errors, base, params[base.name])
+    rows = classify_clips(errors_fn, embedder, targets, shape=base.shape, logsnrs=logsnrs,
                           seed=config.seed)
+  return write_results(workdir, rows, logsnrs)
 
 
 def write_results(workdir: str, rows: Sequence[dict], logsnrs: Sequence[float]) -> dict[str, str]:

@@ -10,10 +10,9 @@ with the clips: `matched` counts the captions whose prediction is nearest their 
 them = every word tied to its clip; 1 = one prediction for all), `relative_error` is the mean
 squared error to the own clip over the clips' variance.
 
-The pretraining data ask for the same mapping, only more weakly (`research.mean_drift`: the motion
-words change the caption-mean video by a few percent); this benchmark asks whether the weights can
-learn it at all, and how fast compared with another attribute. On the 2-core CPU a step of the
-demo base (batch 4) takes about 2.5 s.
+The pretraining data ask for the same mapping, only more weakly (`research.mean_drift` measures
+how much the motion words change the caption-mean video); this benchmark asks whether the weights
+can learn it at all, and how fast compared with another attribute.
 
 Files: `caption_fit.csv` / `.md` (one row per attribute and report step).
 """
@@ -107,10 +106,11 @@ def fit(apply, params, text: np.ndarray, text_mask: np.ndarray, videos: np.ndarr
   return rows
 
 
-def run_benchmark(cascade, params, embedder, config, workdir: str, timer) -> list[dict]:
-  """Rows of every attribute in `config.caption_fit.attributes` (with steps, learning_rate,
-  report_every), each trained from the base stage's loaded weights; `config.seed` seeds noise."""
-  del workdir  # everything is written by write_results
+def run_benchmark(config, workdir: str, *, cascade, params, embedder, timer) -> dict[str, str]:
+  """The eval job's `benchmark=caption_fit` (arguments: `jobs.evaluate.Benchmark`): fits every
+  attribute in `config.caption_fit.attributes` (with steps, learning_rate, report_every), each from
+  the base stage's loaded weights, and writes `write_results`' files; returns {kind: path}.
+  `config.seed` seeds noise."""
   cfg = config.caption_fit
   if cfg.steps < 1 or cfg.report_every < 1 or cfg.learning_rate <= 0:
     raise ValueError(f"caption_fit.steps ({cfg.steps}) and report_every ({cfg.report_every}) must "
@@ -132,7 +132,7 @@ def run_benchmark(cascade, params, embedder, config, workdir: str, timer) -> lis
                    learning_rate=cfg.learning_rate, report_every=cfg.report_every,
                    seed=config.seed)
     rows += [dict(attribute=attribute, captions=len(clips), **r) for r in fitted]
-  return rows
+  return write_results(workdir, rows)
 
 
 def write_results(workdir: str, rows: Sequence[dict]) -> dict[str, str]:

@@ -3,10 +3,10 @@
 At a very low log-SNR the noisy input carries almost nothing about the clip, so the best x0
 prediction is the caption's mean video E[x0 | caption]. In the moving-shapes world that mean moves:
 an object moving right must stay in the frame, so it starts on the left and ends on the right, and
-the average of many such clips is a smear that drifts right over the clip (about ±10 pixels of 40
-at the base stage). A denoiser that has tied the motion words to time reproduces that drift; one
-whose temporal layers only see relative frame offsets (translation-equivariant over frames) gets
-the same input at every frame — noise and one caption — and predicts a still smear.
+the average of many such clips is a smear that drifts right over the clip. A denoiser that has tied
+the motion words to time reproduces that drift; one whose temporal layers only see relative frame
+offsets (translation-equivariant over frames) gets the same input at every frame — noise and one
+caption — and predicts a still smear.
 
 For each motion, with the object, color and background fixed (`object_caption`), this benchmark
 averages x̂0 = x_from_v(z, v̂) over `num_noise` pure-noise draws at each of `logsnrs`, and compares
@@ -15,8 +15,8 @@ same statistic of the world's own mean over `num_clips` rendered clips of that c
 passes only (seconds), so it can be run at every checkpoint.
 
 It also reports how much the loss asks for that drift (`still_mean_cost`): the extra x0 error of
-a still smear over the drifting mean, as a share of the mean's own error — a few percent here,
-which is why pretraining learns the motion words so much later than colors.
+a still smear over the drifting mean, as a share of the mean's own error. A small share means the
+loss rewards the motion words only weakly, so pretraining learns them late.
 
 With `num_samples` > 0 it also asks whether learning that drift would be enough for the samples
 to move the caption's way (`direction_from_mean`): the guided sampler is started at the log-SNR of
@@ -128,7 +128,8 @@ def measure(denoise: Denoise, embedder, *, shape: tuple[int, int, int],
 def guided_start(means: dict[str, np.ndarray], guidance: float) -> dict[str, np.ndarray]:
   """The x̂0 a guided sampler's first step makes of a base that predicts every caption's mean video
   from pure noise: m_c + w (m_c − m̄), with m̄ the mean over the motions (the object's mean
-  whatever its motion, standing in for the unconditional prediction). means: motion -> (T, H, W, 3)."""
+  whatever its motion, standing in for the unconditional prediction).
+  means: motion -> (T, H, W, 3)."""
   unconditional = np.mean(list(means.values()), axis=0)
   return {m: v + guidance * (v - unconditional) for m, v in means.items()}
 
@@ -168,10 +169,15 @@ def _compiled_denoise(backbone, schedule):
   return jax.jit(parametrisation.v_on_logsnr(backbone, schedule))
 
 
-def run_benchmark(cascade, params, embedder, config, workdir: str, timer) -> list[dict]:
+def run_benchmark(config, workdir: str, *, cascade, params, embedder, timer) -> dict[str, str]:
+  """The eval job's `benchmark=drift` (arguments: `jobs.evaluate.Benchmark`): `drift_rows`, then
+  `write_results`; returns {kind: path}."""
+  return write_results(workdir, drift_rows(cascade, params, embedder, config, timer))
+
+
+def drift_rows(cascade, params, embedder, config, timer) -> list[dict]:
   """The base stage's rows; `config.drift` carries object (a caption of the world), logsnrs,
-  num_noise, num_clips; `config.seed` seeds noise and clips."""
-  del workdir  # everything is written by write_results
+  num_noise, num_clips and num_samples; `config.seed` seeds noise and clips."""
   cfg = config.drift
   if cfg.num_noise < 1 or cfg.num_clips < 1:
     raise ValueError(f"drift.num_noise and drift.num_clips must be at least 1, got "

@@ -1,10 +1,10 @@
 """The moving-shapes ablation benchmark: the analogue of the paper's Table 1 and Fig. 12.
 
 Source clips are the first `num_clips` clips of the moving-shapes test split. Each clip is edited
-in the four categories of docs/design.md (the moving-shapes world) — motion (change the direction), object (change the shape),
-appearance (change the color), background (change the background color) — by changing exactly one
-attribute of its caption (which value: `edit_attributes`, deterministic from the clip index), with
-four methods:
+in the four categories of docs/design.md (the moving-shapes world) — motion (change the
+direction), object (change the shape), appearance (change the color), background (change the
+background color) — by changing exactly one attribute of its caption (which value:
+`edit_attributes`, deterministic from the clip index), with four methods:
 
 - `none`: Dreamix without finetuning (noise to `s`, denoise with the pretrained cascade);
 - `video`: finetuned on the clip with α = 1 (video objective only), then edited;
@@ -28,11 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from dreamix_jax.data import outputs
-from dreamix_jax.shapes import world as shapes
+from dreamix_jax.data import outputs, report
 from dreamix_jax.dreamix import corrupt, edit, finetune
-from dreamix_jax.data import report
-from dreamix_jax.shapes import scoring
+from dreamix_jax.shapes import scoring, world as shapes
 
 # Edit category -> the caption attribute it changes.
 CATEGORIES = {"motion": "motion", "object": "shape", "appearance": "color",
@@ -86,7 +84,14 @@ def source_clips(num_clips: int, data_seed: int) -> list[shapes.ClipAttributes]:
   return [shapes.clip_attributes(data_seed, "test", i) for i in range(num_clips)]
 
 
-def run_benchmark(cascade, params, embedder, config, workdir: str, timer) -> list[dict]:
+def run_benchmark(config, workdir: str, *, cascade, params, embedder, timer) -> dict[str, str]:
+  """The eval job's `benchmark=shapes`: `edit_clips`, then `write_results`; returns {kind: path}.
+  The arguments are those of every benchmark of the eval job (`jobs.evaluate.Benchmark`)."""
+  rows = edit_clips(cascade, params, embedder, config, workdir, timer)
+  return write_results(workdir, rows)
+
+
+def edit_clips(cascade, params, embedder, config, workdir: str, timer) -> list[dict]:
   """Edits and scores every clip × category × method; returns one row per edit.
 
   Outputs are scored at stage `ablation.upto` ("" = the last; the later stages are not sampled).

@@ -10,8 +10,8 @@ details of the original kept?) and quality; in the moving-shapes world the pixel
   object's start position (first-frame centroid within `START_TOLERANCE` frame heights), its size
   (bounding-box side within a factor `SIZE_TOLERANCE`) and the uncaptioned background texture
   (correlation with the source's at least `TEXTURE_THRESHOLD`);
-- temporal stability: the mean distance between consecutive frames (RMS over pixels, in [-1, 1]
-  units; lower is stabler), a pixel-space stand-in for temporal LPIPS;
+- temporal stability: the temporal distance of the output (`metrics.temporal`: RMS difference of
+  consecutive frames; lower is stabler), a pixel-space stand-in for temporal LPIPS;
 - success: alignment and fidelity both hold (the paper's "all scores above 2.5");
 - kept, success_kept: fidelity and success without the texture criterion (the unchanged attributes,
   start position and size only). The texture is the finest detail of the world and the first to go
@@ -29,8 +29,9 @@ import math
 
 import numpy as np
 
-from dreamix_jax.shapes import world as shapes
+from dreamix_jax.metrics import temporal
 from dreamix_jax.shapes import probe as probe_lib
+from dreamix_jax.shapes import world as shapes
 
 ATTRIBUTES = ("shape", "color", "background", "motion")
 START_TOLERANCE = 0.15  # frame heights
@@ -77,15 +78,6 @@ class EditScores:
     out.update(start_shift=self.start_shift, size_ratio=self.size_ratio,
                texture_correlation=self.texture_correlation)
     return out
-
-
-def temporal_distance(video: np.ndarray) -> float:
-  """Mean over consecutive frame pairs of the RMS pixel difference. video: (T, H, W, 3) in [-1, 1]."""
-  video = np.asarray(video, np.float32)
-  if video.ndim != 4 or video.shape[0] < 2:
-    raise ValueError(f"Temporal stability needs a video (T >= 2, H, W, 3), got {video.shape}.")
-  diff = video[1:] - video[:-1]
-  return float(np.sqrt((diff * diff).mean(axis=(1, 2, 3))).mean())
 
 
 def _start(result: probe_lib.ProbeResult) -> np.ndarray:
@@ -145,6 +137,6 @@ def edit_scores(output: np.ndarray, source: np.ndarray, prompt: str | shapes.Att
           and 1 / SIZE_TOLERANCE <= size_ratio <= SIZE_TOLERANCE)
   return EditScores(alignment=all(attributes_ok.values()),
                     fidelity=bool(kept and texture >= TEXTURE_THRESHOLD), kept=bool(kept),
-                    stability=temporal_distance(output), changed=changed,
+                    stability=temporal.temporal_distance(output), changed=changed,
                     attributes_ok=attributes_ok, start_shift=start_shift, size_ratio=size_ratio,
                     texture_correlation=float(texture))

@@ -38,7 +38,8 @@ GRID_SAMPLES = 16
 
 
 def test_captions(num_captions: int, data_seed: int) -> list[shapes.Attributes]:
-  """The captioned attributes of the first `num_captions` test-split clips built with `data_seed`."""
+  """The captioned attributes of the first `num_captions` test-split clips built with
+  `data_seed`."""
   if num_captions < 1:
     raise ValueError(f"text2video.num_captions must be at least 1, got {num_captions}.")
   return [shapes.clip_attributes(data_seed, "test", i).discrete()
@@ -137,13 +138,13 @@ def decision_table(step_reads: Sequence[Sequence[dict]], targets: Sequence[shape
   return rows
 
 
-def run_benchmark(cascade, params, embedder, config, workdir: str, timer):
-  """Samples and scores `config.text2video.num_captions` test captions; returns (one row per
-  sample, the `decision_table` rows or None without `trace`) and writes the captioned grid of the
-  first samples.
+def run_benchmark(config, workdir: str, *, cascade, params, embedder, timer) -> dict[str, str]:
+  """The eval job's `benchmark=text2video` (arguments: `jobs.evaluate.Benchmark`): samples and
+  scores `config.text2video.num_captions` test captions, writes the captioned grid of the first
+  samples and `write_results`' files; returns {kind: path}.
 
   `config.text2video` carries num_captions, data_seed, upto (a stage name; "" = the last stage),
-  batch_size and trace; `config.seed` seeds the sampler.
+  batch_size and trace; `config.seed` seeds the sampler. `params` must hold the stages up to `upto`.
   """
   cfg = config.text2video
   upto = cfg.upto or cascade.names[-1]
@@ -163,7 +164,7 @@ def run_benchmark(cascade, params, embedder, config, workdir: str, timer):
   outputs.write_comparison_png(os.path.join(workdir, "text2video_grid.png"),
                                [videos[i] for i in shown], [rows[i]["caption"] for i in shown],
                                scale=2)
-  return rows, decision
+  return write_results(workdir, rows, upto, decision)
 
 
 def write_results(workdir: str, rows: Sequence[dict], stage: str,

@@ -131,16 +131,6 @@ def parse_caption(text: str) -> Attributes:
                     background=match["background"], motion=motion)
 
 
-def counterfactual(attrs: Attributes, attribute: str, rng: np.random.Generator) -> Attributes:
-  """`attrs`' captioned attributes with `attribute` (a key of `VOCABULARIES`) changed to another
-  value of its vocabulary, drawn uniformly: the caption of a clip this one is not."""
-  if attribute not in VOCABULARIES:
-    raise ValueError(f"Unknown caption attribute {attribute!r}; choose one of "
-                     f"{', '.join(VOCABULARIES)}.")
-  others = [v for v in VOCABULARIES[attribute] if v != getattr(attrs, attribute)]
-  return dataclasses.replace(attrs.discrete(), **{attribute: others[rng.integers(len(others))]})
-
-
 def sample_attributes(rng: np.random.Generator) -> ClipAttributes:
   """Draws a clip uniformly over the vocabulary; the object stays inside the frame throughout."""
   shape = SHAPES[rng.integers(len(SHAPES))]

@@ -16,8 +16,7 @@
 # CASCADE_FLAGS="--config.cascade.stages.base.backbone.frame_embedding=False"), PRETRAIN_FLAGS to the
 # pretrain job alone (e.g. PRETRAIN_FLAGS="--config.init_from=" to train from scratch, or
 # PRETRAIN_FLAGS="--config.init_from_new_modules=('frame_emb',)" to add that module to weights
-# that predate it; the direction-of-motion A/Bs of docs/motion_direction.md:
-# PRETRAIN_FLAGS="--config.context_frame.share=0.5" or "--config.contrast.attribute=motion").
+# that predate it).
 #
 # At the end of the budget the job gets SIGTERM, saves its state and exits 75. Outputs, in $OUT
 # (default /tmp/shapes_out; seven files): <stage>.safetensors + cascade.json (the EMA parameters:

@@ -50,8 +50,8 @@ class VAEConfig:
     n = len(self.block_out_channels)
     if (tuple(self.down_block_types) != ("DownEncoderBlock2D",) * n or
         tuple(self.up_block_types) != ("UpDecoderBlock2D",) * n):
-      raise ValueError(f"Only DownEncoderBlock2D / UpDecoderBlock2D autoencoders with one block per "
-                       f"block_out_channels ({n}) are supported; got {self.down_block_types}, "
+      raise ValueError(f"Only DownEncoderBlock2D / UpDecoderBlock2D autoencoders with one block "
+                       f"per block_out_channels ({n}) are supported; got {self.down_block_types}, "
                        f"{self.up_block_types}.")
 
   @classmethod
@@ -226,7 +226,8 @@ class SDVAE:
     b, t, h, w, _ = video.shape
     f = self.spatial_factor
     if h % f or w % f:
-      raise ValueError(f"Frames of {h}×{w} pixels are not divisible by the autoencoder's factor {f}.")
+      raise ValueError(f"Frames of {h}×{w} pixels are not divisible by the autoencoder's "
+                       f"factor {f}.")
     frames = jnp.asarray(video, jnp.float32).reshape((b * t, h, w, video.shape[-1]))
     mean, logvar = self._per_frame(
         lambda x: self._model.apply({"params": self.params}, x, method=AutoencoderKL.moments),

@@ -1,5 +1,6 @@
-"""Imports a local diffusers text-to-video pipeline folder (ModelScope `damo-vilab/text-to-video-ms-1.7b`,
-Zeroscope `cerspense/zeroscope_v2_576w`) into this project's Flax networks.
+"""Imports a local diffusers text-to-video pipeline folder (ModelScope
+`damo-vilab/text-to-video-ms-1.7b`, Zeroscope `cerspense/zeroscope_v2_576w`) into this project's
+Flax networks.
 
 Folder layout: `model_index.json`, `unet/` (UNet3DConditionModel), `vae/` (AutoencoderKL),
 `text_encoder/` (CLIPTextModel), `tokenizer/` (CLIPTokenizer files), `scheduler/`
@@ -51,8 +52,9 @@ def component_dir(pipeline_dir: str, name: str) -> str:
                      "damo-vilab/text-to-video-ms-1.7b --local-dir DIR`.")
   folder = os.path.join(pipeline_dir, name)
   if not os.path.isdir(folder):
-    raise ValueError(f"The pipeline folder {pipeline_dir} has no {name}/ component; it needs unet/, "
-                     "vae/, text_encoder/, tokenizer/ and scheduler/ (download it completely).")
+    raise ValueError(f"The pipeline folder {pipeline_dir} has no {name}/ component; it needs "
+                     "unet/, vae/, text_encoder/, tokenizer/ and scheduler/ (download it "
+                     "completely).")
   return folder
 
 
@@ -258,7 +260,8 @@ def text_encoder_name_map(cfg: clip_text.ClipTextConfig) -> dict[str, weights.Ta
   m = {f"{t}.embeddings.token_embedding.weight": T(("token_embedding", "embedding")),
        f"{t}.embeddings.position_embedding.weight": T(("position_embedding", "embedding")),
        **_norm(f"{t}.final_layer_norm", ("final_layer_norm",))}
-  for name, (path, transform) in clip._tower_specs(t, cfg.tower).items():  # pylint: disable=protected-access
+  specs = clip._tower_specs(t, cfg.tower)  # pylint: disable=protected-access
+  for name, (path, transform) in specs.items():
     m[name] = T(path[1:], transform)
   return m
 

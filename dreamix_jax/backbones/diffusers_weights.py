@@ -92,7 +92,10 @@ def weight_files(folder: str, stems: tuple[str, ...], variant: str | None = None
       index = os.path.join(folder, f"{stem}.{ext}.index{v}.json")
       if os.path.isfile(index):
         with open(index) as f:
-          names = sorted(set(json.load(f)["weight_map"].values()))
+          weight_map = json.load(f).get("weight_map")
+        if not isinstance(weight_map, dict):
+          _fail(f"{index} has no weight_map; the checkpoint's index file is damaged.")
+        names = sorted(set(weight_map.values()))
         paths = [_inside(folder, n) for n in names]
         missing = [n for n, p in zip(names, paths) if not os.path.isfile(p)]
         if missing:

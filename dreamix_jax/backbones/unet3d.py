@@ -82,7 +82,8 @@ class UNet3DConfig:
     bad = [b for b in self.down_block_types if b not in DOWN_BLOCKS] + [
         b for b in self.up_block_types if b not in UP_BLOCKS]
     if bad:
-      raise ValueError(f"Unsupported UNet3D block types {bad}; supported: {DOWN_BLOCKS + UP_BLOCKS}.")
+      raise ValueError(f"Unsupported UNet3D block types {bad}; supported: "
+                       f"{DOWN_BLOCKS + UP_BLOCKS}.")
     if (self.remat if isinstance(self.remat, str) else "full") not in REMAT_POLICIES:
       raise ValueError(f"remat {self.remat!r} is not one of {sorted(REMAT_POLICIES)} (or a bool).")
     if not isinstance(self.attention_head_dim, int) and len(self.attention_head_dim) != n:
@@ -140,7 +141,6 @@ class _Level(nn.Module):
     cfg, dt = self.config, jnp.dtype(self.config.dtype)
     groups, c = cfg.norm_num_groups, self.out_channels
     scale = cfg.mid_block_scale_factor if self.kind == "mid" else 1.0
-    num = {"down": cfg.layers_per_block, "mid": 1, "up": cfg.layers_per_block + 1}[self.kind]
 
     def resnet(i, h):
       return blocks.ResnetBlock2D(c, groups, cfg.norm_eps, scale, dtype=dt, name=f"resnets_{i}")(
@@ -165,13 +165,14 @@ class _Level(nn.Module):
     if self.kind == "mid":  # resnet, temp conv, then (attention, temporal attention, resnet, conv)
       x = temp_conv(0, resnet(0, x))
       x = temp_conv(1, resnet(1, attentions(0, x)))
-    for i in range(num if self.kind != "mid" else 0):
-      if self.kind == "up":
-        x = jnp.concatenate([x, skips[i].astype(x.dtype)], axis=-1)
-      x = temp_conv(i, resnet(i, x))
-      if self.cross_attention:
-        x = attentions(i, x)
-      outputs.append(x)
+    else:
+      for i in range(cfg.layers_per_block + (self.kind == "up")):
+        if self.kind == "up":
+          x = jnp.concatenate([x, skips[i].astype(x.dtype)], axis=-1)
+        x = temp_conv(i, resnet(i, x))
+        if self.cross_attention:
+          x = attentions(i, x)
+        outputs.append(x)
     if self.resample and self.kind == "down":
       x = blocks.downsample(x, padding=cfg.downsample_padding, dtype=dt, name="downsamplers_0")
       outputs.append(x)

@@ -1,13 +1,13 @@
-"""Building blocks of the ModelScope / Zeroscope text-to-video U-Net (diffusers `UNet3DConditionModel`)
-in Flax Linen, channels-last.
+"""Building blocks of the ModelScope / Zeroscope text-to-video U-Net (diffusers
+`UNet3DConditionModel`) in Flax Linen, channels-last.
 
 Every module here reproduces one diffusers module exactly (same arithmetic, same epsilons, same
 order of residual additions) so that imported weights give the PyTorch model's outputs; parameter
 names mirror diffusers' (`resnets_0`, `temp_convs_0`, `attn1/to_q`, ...) and
 `diffusers_import.unet_name_map` lists the correspondence tensor by tensor.
 
-Layouts: frames are folded into the batch, x: (N, H, W, C) with N = B·T (b-major), as diffusers does;
-the temporal layers unfold them to (B, T, H, W, C). Parameters are float32 and carry logical axis
+Layouts: frames are folded into the batch, x: (N, H, W, C) with N = B·T (b-major), as diffusers
+does; the temporal layers unfold them to (B, T, H, W, C). Parameters are float32 and carry logical axis
 names (`dreamix_jax.parallel.DEFAULT_RULES`): a kernel's input channels 'embed' (fsdp), its output
 channels 'mlp' or attention's 'heads' (tensor); output projections are named ('heads'/'mlp',
 'embed'), Megatron style. Computation runs in `dtype` (bf16 on accelerators); normalisation

@@ -6,15 +6,22 @@ import os
 import shutil
 import sys
 
+import diffusers
+import flax
 import jax
 import numpy as np
 import pytest
 import safetensors.torch
 import torch
+import transformers
 from diffusers import DDIMScheduler
 
+from dreamix_jax.autoencoders import sd_vae
+from dreamix_jax.backbones import base
 from dreamix_jax.backbones import diffusers_import
 from dreamix_jax.backbones import diffusers_weights
+from dreamix_jax.backbones import unet3d
+from dreamix_jax.text import clip_text
 from diffusers_tiny import SCHEDULER, tiny_unet, tiny_vae, write_pipeline
 
 VAE_FILE = "diffusion_pytorch_model.safetensors"
@@ -133,3 +140,66 @@ def test_weight_file_order(tmp_path):
     (folder / name).write_bytes(b"")
   assert diffusers_weights.weight_files(str(folder), ("model", "pytorch_model")) == [
       str(folder / "model.safetensors")]
+
+
+# Configs of damo-vilab/text-to-video-ms-1.7b (unet/, vae/, text_encoder/ config.json).
+MS_UNET = {"_class_name": "UNet3DConditionModel", "act_fn": "silu", "attention_head_dim": 64,
+           "block_out_channels": [320, 640, 1280, 1280], "cross_attention_dim": 1024,
+           "down_block_types": ["CrossAttnDownBlock3D"] * 3 + ["DownBlock3D"],
+           "downsample_padding": 1, "in_channels": 4, "layers_per_block": 2,
+           "mid_block_scale_factor": 1, "norm_eps": 1e-05, "norm_num_groups": 32,
+           "out_channels": 4, "sample_size": 32,
+           "up_block_types": ["UpBlock3D"] + ["CrossAttnUpBlock3D"] * 3}
+MS_VAE = {"_class_name": "AutoencoderKL", "act_fn": "silu", "in_channels": 3, "out_channels": 3,
+          "block_out_channels": [128, 256, 512, 512], "latent_channels": 4, "layers_per_block": 2,
+          "down_block_types": ["DownEncoderBlock2D"] * 4, "norm_num_groups": 32,
+          "up_block_types": ["UpDecoderBlock2D"] * 4, "sample_size": 512,
+          "scaling_factor": 0.18215}
+MS_TEXT = dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
+               num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu",
+               layer_norm_eps=1e-05)
+
+
+def _real_size(component):
+  """(torch state-dict shapes of the full-size model built on the meta device, name map, Flax
+  parameter shapes, checkpoint-name aliases)."""
+  plain = lambda d: {k: v for k, v in d.items() if not k.startswith("_")}
+  with torch.device("meta"):
+    if component == "unet":
+      model = diffusers.UNet3DConditionModel(**plain(MS_UNET))
+      backbone = unet3d.UNet3DBackbone(unet3d.UNet3DConfig.from_diffusers(MS_UNET))
+      expected = backbone.abstract_params(base.InputSpec(1, 8, 8, 4, 1, 1024))
+      name_map, aliases = diffusers_import.unet_name_map(backbone.config), {}
+    elif component == "vae":
+      model = diffusers.AutoencoderKL(**plain(MS_VAE))
+      cfg = sd_vae.VAEConfig.from_diffusers(MS_VAE)
+      expected = jax.eval_shape(sd_vae.AutoencoderKL(cfg).init, jax.random.PRNGKey(0),
+                                jax.ShapeDtypeStruct((1, 16, 16, 3), np.float32))["params"]
+      name_map, aliases = diffusers_import.vae_name_map(cfg), {}
+    else:
+      model = transformers.CLIPTextModel(transformers.CLIPTextConfig(**MS_TEXT))
+      cfg = clip_text.ClipTextConfig.from_hf(MS_TEXT)
+      expected = jax.eval_shape(clip_text.ClipTextTransformer(cfg).init, jax.random.PRNGKey(0),
+                                jax.ShapeDtypeStruct((1, 1), np.int32))["params"]
+      name_map = diffusers_import.text_encoder_name_map(cfg)
+      aliases = {n.removeprefix("text_model."): n for n in name_map}
+  shapes = {aliases.get(k, k): tuple(v.shape) for k, v in model.state_dict().items()
+            if not k.endswith("position_ids")}
+  return shapes, name_map, expected
+
+
+@pytest.mark.parametrize("component, billions", [("unet", 1.411), ("vae", 0.0837),
+                                                 ("text_encoder", 0.3404)])
+def test_name_maps_cover_the_full_size_modelscope_models(component, billions):
+  """Every tensor of the real architectures maps to exactly one Flax parameter of the matching
+  shape (checked on PyTorch's meta device: no memory, no weights)."""
+  shapes, name_map, expected = _real_size(component)
+  flat = {k: v.shape for k, v in flax.traverse_util.flatten_dict(
+      flax.linen.meta.unbox(expected)).items()}
+  assert set(name_map) == set(shapes)
+  assert sorted(t.path for t in name_map.values()) == sorted(flat)
+  for name, target in name_map.items():
+    perm = diffusers_weights.LAYOUTS[target.layout]
+    got = shapes[name] if perm is None else tuple(shapes[name][p] for p in perm)
+    assert got == flat[target.path], name
+  assert sum(np.prod(s) for s in shapes.values()) / 1e9 == pytest.approx(billions, rel=1e-3)

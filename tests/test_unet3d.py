@@ -108,6 +108,10 @@ def test_protocol(setup):
   assert base.check(backbone) is backbone
   assert (backbone.prediction, backbone.time_input, backbone.spatial_factor) == ("eps",
                                                                                 "timestep", 2)
+  spec = base.InputSpec(2, 4, 4, C, L, 32)
+  fresh = jax.eval_shape(lambda key: backbone.init(key, spec), jax.random.PRNGKey(0))
+  assert jax.tree_util.tree_map(np.shape, fresh) == jax.tree_util.tree_map(np.shape,
+                                                                           setup["params"])
   with pytest.raises(ValueError, match="base-stage"):
     backbone.apply(setup["params"], setup["z"], setup["steps"], setup["text"], None,
                    cond=setup["z"])
@@ -144,3 +148,10 @@ def test_parameters_shard_by_logical_names(setup):
   kernel = shardings["down_blocks_0"]["attentions_0"]["transformer_blocks_0"]["attn1"]["to_q"][
       "kernel"]
   assert kernel.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+  # The import places every tensor straight onto its shards.
+  _, placed = diffusers_import.load_unet(setup["root"], sharding=layout)
+  leaf = placed["down_blocks_0"]["attentions_0"]["transformer_blocks_0"]["attn1"]["to_q"]["kernel"]
+  assert leaf.sharding.spec == kernel.spec and leaf.addressable_shards[0].data.shape == (8, 16)
+  np.testing.assert_array_equal(np.asarray(leaf), np.asarray(
+      setup["params"]["down_blocks_0"]["attentions_0"]["transformer_blocks_0"]["attn1"]["to_q"][
+          "kernel"]))

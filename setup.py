@@ -26,6 +26,9 @@ setuptools.setup(
         # nbclient/nbformat/ipykernel: tests/test_launch.py executes the Colab notebook headlessly.
         # pytest-xdist: the suite runs in one worker process per core (pytest.ini).
         "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "torch==2.13.0", "nbclient==0.11.0",
-                 "nbformat==5.11.1", "ipykernel==7.4.0", "hypothesis==6.170.15"],
+                 "nbformat==5.11.1", "ipykernel==7.4.0", "hypothesis==6.170.15",
+                 # tests/test_unet3d.py, test_sd_vae.py, test_diffusers_import.py: PyTorch
+                 # references for the ModelScope / Zeroscope import (never imported at runtime).
+                 "diffusers==0.42.1"],
     },
 )

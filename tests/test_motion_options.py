@@ -126,6 +126,16 @@ def test_option_adds_only_its_top_level_modules(option):
   assert {k: v for k, v in on.items() if k.split("/")[0] not in names} == off
 
 
+def test_new_parameters_carry_logical_axis_names():
+  """Every new parameter is boxed with logical axis names, so `base.param_shardings` lays it out
+  like the existing ones."""
+  abstract = unet.UNetBackbone(ALL).abstract_params(SPEC)
+  is_box = lambda x: isinstance(x, nn.Partitioned)
+  for name in ALL_MODULES:
+    leaves = jax.tree_util.tree_leaves(abstract[name], is_leaf=is_box)
+    assert leaves and all(is_box(leaf) for leaf in leaves), name
+
+
 # --------------------------------------------------------------------------------------------------
 # Continues where it was; trained, it matters.
 

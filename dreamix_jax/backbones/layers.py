@@ -298,6 +298,10 @@ class TemporalAttention(nn.Module):
   With `frames_only=True` (static) every example is taken as a frame set, `frame_mask` is ignored,
   and the layer computes identity attention's value directly: each frame's output is its own value
   vector, x + out(v(norm(x))), with no queries, keys, bias or softmax.
+  film: optional (B·T, 4C) per-frame [q scale | q shift | k scale | k shift] (`UNetConfig.
+  text_temporal`): q ← q·(1 + scale) + shift, likewise k, so the caption can steer which frames
+  each frame reads. Zeros leave the layer bit-identical; it only moves the attention weights, so a
+  frame set (identity attention, or `frames_only`, where it is not read) is unaffected.
   """
 
   num_heads: int
@@ -306,7 +310,7 @@ class TemporalAttention(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, frame_mask, frames_only=False):
+  def __call__(self, x, frame_mask, frames_only=False, film=None):
     b, t, h, w, c = x.shape
     heads = self.num_heads
     hd = c // heads
@@ -317,7 +321,12 @@ class TemporalAttention(nn.Module):
                        (self.num_buckets, heads))
     if frames_only:
       return x + out_proj(jnp.dot(y, qkv_kernel[:, 2 * c:])).reshape(x.shape)
-    qkv = jnp.dot(fold_positions(y.reshape(x.shape)), qkv_kernel)
+    qkv = jnp.dot(fold_positions(y.reshape(x.shape)), qkv_kernel)  # (B·H·W, T, 3C)
+    if film is not None:
+      film = film.astype(self.dtype).reshape(b, 1, t, 4 * c)
+      qkv = qkv.reshape(b, h * w, t, 3 * c)
+      qk = qkv[..., :2 * c] * (1.0 + film[..., :2 * c]) + film[..., 2 * c:]
+      qkv = jnp.concatenate([qk, qkv[..., 2 * c:]], axis=-1).reshape(b * h * w, t, 3 * c)
     q, k, v = jnp.split(qkv.reshape(b * h * w, t, 3 * heads, hd), 3, axis=2)
     bias = table[t5.relative_position_buckets(t, t, self.num_buckets, self.max_distance)]  # (T, T, h)
     bias = bias.transpose(2, 0, 1)[None].astype(jnp.float32)  # (1, heads, T, T)
@@ -362,15 +371,20 @@ class TemporalConv(nn.Module):
 
   x: (B, T, H, W, C); frame_mask: (B,) flags; the residual is multiplied by (1 − flag), so a masked
   example passes through unchanged and the conv's parameters get no gradient from it.
+  film: optional (B·T, 2C) per-frame [scale | shift] applied to the normalised input,
+  y ← y·(1 + scale) + shift (`UNetConfig.text_temporal`); zeros leave the layer bit-identical.
   """
 
   kernel: int = 3
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, frame_mask):
+  def __call__(self, x, frame_mask, film=None):
     c = x.shape[-1]
     y = group_norm(fold_frames(x), dtype=self.dtype, name="norm")
+    if film is not None:
+      scale, shift = jnp.split(film.astype(self.dtype)[:, None, None], 2, axis=-1)
+      y = y * (1.0 + scale) + shift
     y = nn.swish(y).reshape(x.shape)
     y = FrameConv(c, self.kernel, zero_init=True, dtype=self.dtype, name="conv")(y)
     keep = 1.0 - frame_flags(frame_mask).astype(y.dtype)

@@ -11,6 +11,10 @@ convolution; levels in `temporal_attn_levels` add temporal self-attention (the b
 `attn_levels` have spatial self-attention with the text tokens appended to its keys/values; levels in
 `cross_attn_levels` attend to the text only.
 
+Direction-of-motion options (`UNetConfig`: coord_channels, pos_embedding, spacetime_conv_levels,
+joint_attn_levels, text_temporal; all off by default, see `spacetime_layers`) add paths from text,
+space and time together; each starts as an exact no-op, so old weights continue where they were.
+
 Conditioning: the log-SNR (per example `(B,)` or per frame `(B, T)`) is embedded per frame; the
 attention-pooled text embedding is added to it, and with `frame_embedding` an embedding of the
 frame's index in the clip; SR stages concatenate the (already upsampled, already
@@ -27,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from dreamix_jax.backbones import layers
+from dreamix_jax.backbones import layers, spacetime_layers
 
 _SKIP_SCALE = 2.0 ** -0.5
 ACTIVATION_AXES = ("activation_batch", "activation_height", "activation_width", "activation_embed")
@@ -61,6 +65,21 @@ class UNetConfig:
     'full' (keep only block inputs), 'dots_saveable' (keep matmul/conv outputs),
     'dots_no_batch' (keep those without batch dimensions); True means 'full', False 'none'. The
     parameter tree is the same for every choice.
+
+  Direction-of-motion options (`spacetime_layers`; each off by default, leaving the parameter tree
+  and outputs as they were; each new term starts at zero, so old weights plus the new top-level
+  module named in brackets, `init_from_new_modules`, start exactly where they were):
+  coord_channels: x, y ramps in [−1, 1] as stem inputs ('coord_stem'); coord_time adds a t ramp
+    over the clip's frames, 0 in every frame of a frame set.
+  pos_embedding: a learned (H, W, C) position table per level, added before its spatial attention
+    ('pos_emb').
+  spacetime_conv_levels: a residual 3×3×3 space-time convolution after every block of these levels
+    ('spacetime_conv'); a frame set keeps its centre time slice only.
+  joint_attn_levels: self-attention over all T·H·W positions (3-D positions, text tokens in the
+    keys/values) after every block of these levels ('joint_attn'); per-frame for a frame set.
+  text_temporal: a per-frame FiLM of the temporal layers (temporal conv input, temporal attention
+    queries and keys) from the conditioning embedding, pooled text included ('text_temporal');
+    a no-op for frame sets, whose temporal layers are bypassed.
   """
 
   channels: int = 32
@@ -77,6 +96,12 @@ class UNetConfig:
   out_channels: int = 3
   dtype: str = "float32"
   remat: str | bool = "none"
+  coord_channels: bool = False
+  coord_time: bool = False
+  pos_embedding: bool = False
+  spacetime_conv_levels: tuple[int, ...] = ()
+  joint_attn_levels: tuple[int, ...] = ()
+  text_temporal: bool = False
 
   def __post_init__(self):
     if _remat_policy_name(self.remat) not in REMAT_POLICIES:
@@ -85,7 +110,8 @@ class UNetConfig:
       raise ValueError(f"channel_mult {self.channel_mult} and num_res_blocks {self.num_res_blocks} "
                        "must have one entry per level.")
     levels = len(self.channel_mult)
-    for field in ("attn_levels", "cross_attn_levels", "temporal_attn_levels"):
+    for field in ("attn_levels", "cross_attn_levels", "temporal_attn_levels",
+                  "spacetime_conv_levels", "joint_attn_levels"):
       bad = [lvl for lvl in getattr(self, field) if not 0 <= lvl < levels]
       if bad:
         raise ValueError(f"{field} {bad} out of range: the U-Net has levels 0..{levels - 1}.")
@@ -93,6 +119,10 @@ class UNetConfig:
       if (self.channels * mult) % self.head_dim:
         raise ValueError(f"channels×mult = {self.channels * mult} is not divisible by head_dim "
                          f"{self.head_dim}.")
+    if self.coord_time and not self.coord_channels:
+      raise ValueError("coord_time adds a t ramp to the coordinate channels: set coord_channels.")
+    if self.text_temporal and not (self.temporal_conv or self.temporal_attn_levels):
+      raise ValueError("text_temporal modulates the temporal layers, and this U-Net has none.")
 
   @classmethod
   def from_config(cls, cfg: ml_collections.ConfigDict | dict) -> "UNetConfig":
@@ -161,27 +191,26 @@ class SpaceTimeUNet(nn.Module):
 
     x = layers.conv(cfg.channels, (3, 3), dtype=dtype, name="stem")(
         layers.fold_frames(x.astype(dtype)))
-    policy = _remat_policy_name(cfg.remat)
-    block = _Block if policy == "none" else nn.remat(_Block, static_argnums=(6, 7),
-                                                     policy=REMAT_POLICIES[policy])
+    if cfg.coord_channels:
+      x = x + spacetime_layers.CoordinateStem(cfg.channels, cfg.coord_time, dtype=dtype,
+                                              name="coord_stem")(temporal_mask, t, h, w)
+    run_block = self._block_runner(cfg, dtype, b, h, w, emb, text, text_mask, temporal_mask,
+                                   train, frames_only)
 
     skips = []
     for level, mult in enumerate(cfg.channel_mult):
       if level > 0:
         x = layers.conv(x.shape[-1], (3, 3), strides=2, dtype=dtype, name=f"down_{level}")(x)
       for i in range(cfg.num_res_blocks[level]):
-        x = block(cfg, level, cfg.channels * mult, name=f"down_{level}_{i}")(
-            x, emb, text, text_mask, temporal_mask, train, frames_only)
+        x = run_block(f"down_{level}_{i}", level, cfg.channels * mult, x)
       skips.append(x)
 
-    x = block(cfg, len(cfg.channel_mult) - 1, x.shape[-1], force_attention=True, name="middle")(
-        x, emb, text, text_mask, temporal_mask, train, frames_only)
+    x = run_block("middle", len(cfg.channel_mult) - 1, x.shape[-1], x, force_attention=True)
 
     for level in reversed(range(len(cfg.channel_mult))):
       x = jnp.concatenate([x, skips.pop() * _SKIP_SCALE], axis=-1)
       for i in range(cfg.num_res_blocks[level]):
-        x = block(cfg, level, cfg.channels * cfg.channel_mult[level], name=f"up_{level}_{i}")(
-            x, emb, text, text_mask, temporal_mask, train, frames_only)
+        x = run_block(f"up_{level}_{i}", level, cfg.channels * cfg.channel_mult[level], x)
       if level > 0:
         x = upsample_nearest(x)
         x = layers.conv(cfg.channels * cfg.channel_mult[level - 1], (3, 3), dtype=dtype,
@@ -190,6 +219,56 @@ class SpaceTimeUNet(nn.Module):
     x = nn.swish(layers.group_norm(x, dtype=dtype, name="out_norm"))
     x = layers.conv(cfg.out_channels, (3, 3), zero_init=True, dtype=dtype, name="out")(x)
     return layers.unfold_frames(x, b).astype(jnp.float32)
+
+  def _block_runner(self, cfg, dtype, b, h, w, emb, text, text_mask, temporal_mask, train,
+                    frames_only):
+    """`run(name, level, channels, x, force_attention=False)`: the block `name` on x
+    (B·T, H_l, W_l, C) with the direction-of-motion layers its level calls for: the block's
+    temporal-layer FiLM (computed here, passed in), the level's position table, and after the
+    block the space-time conv and joint attention (their parameters under one top-level name each,
+    `spacetime_layers.PerBlock`; rematerialised like the blocks)."""
+    policy = _remat_policy_name(cfg.remat)
+    remat = lambda cls, static: cls if policy == "none" else nn.remat(
+        cls, static_argnums=static, policy=REMAT_POLICIES[policy])
+    block = remat(_Block, (8, 9))
+    options = (("dtype", dtype),)
+    pos = {}
+    if cfg.pos_embedding:
+      last = len(cfg.channel_mult) - 1
+      levels = sorted(set(cfg.attn_levels) | set(cfg.cross_attn_levels) | {last})
+      pos = spacetime_layers.PositionEmbedding(
+          tuple((lvl, h >> lvl, w >> lvl, cfg.channels * cfg.channel_mult[lvl]) for lvl in levels),
+          name="pos_emb")()
+    if cfg.text_temporal and not frames_only:
+      film_bank = spacetime_layers.PerBlock(spacetime_layers.TemporalFiLM, options,
+                                            name="text_temporal")
+    if cfg.spacetime_conv_levels:
+      conv_bank = remat(spacetime_layers.PerBlock, (1, 4))(spacetime_layers.SpaceTimeConv, options,
+                                                           name="spacetime_conv")
+    if cfg.joint_attn_levels:
+      joint_bank = remat(spacetime_layers.PerBlock, (1, 6))(
+          spacetime_layers.JointAttention, options + (("head_dim", cfg.head_dim),),
+          name="joint_attn")
+
+    def run(name, level, channels, x, force_attention=False):
+      film = None
+      features = (2 * channels * cfg.temporal_conv +
+                  4 * channels * (level in cfg.temporal_attn_levels))
+      if cfg.text_temporal and not frames_only and features:
+        film = film_bank(name, emb, features)
+      x = block(cfg, level, channels, force_attention=force_attention, name=name)(
+          x, emb, text, text_mask, temporal_mask, film, pos.get(level), train, frames_only)
+      if level in cfg.spacetime_conv_levels:
+        x = layers.fold_frames(conv_bank(name, layers.unfold_frames(x, b), temporal_mask,
+                                         frames_only))
+        x = nn.with_logical_constraint(x, ACTIVATION_AXES)
+      if level in cfg.joint_attn_levels:
+        x = layers.fold_frames(joint_bank(name, layers.unfold_frames(x, b), text, text_mask,
+                                          temporal_mask, frames_only))
+        x = nn.with_logical_constraint(x, ACTIVATION_AXES)
+      return x
+
+    return run
 
 
 def upsample_nearest(x):
@@ -204,6 +283,9 @@ class _Block(nn.Module):
 
   With `frames_only` (static; see `SpaceTimeUNet`) the temporal convolution, whose residual the
   frame mask would zero, is skipped, and temporal attention takes its per-frame form.
+  film: None, or (B·T, F) the block's temporal FiLM (`UNetConfig.text_temporal`): the temporal
+  conv's 2C columns first (when it has one), then temporal attention's 4C. pos: None, or the
+  level's (H, W, C) position table, added before spatial attention (`pos_embedding`).
   """
 
   config: UNetConfig
@@ -212,22 +294,28 @@ class _Block(nn.Module):
   force_attention: bool = False
 
   @nn.compact
-  def __call__(self, x, emb, text, text_mask, temporal_mask, train, frames_only):
+  def __call__(self, x, emb, text, text_mask, temporal_mask, film, pos, train, frames_only):
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     b = text.shape[0]
     x = layers.ResBlock(self.out_channels, cfg.dropout, dtype=dtype, name="res")(x, emb, train=train)
+    conv_film = None
+    if film is not None and cfg.temporal_conv:
+      conv_film, film = film[:, :2 * self.out_channels], film[:, 2 * self.out_channels:]
     if cfg.temporal_conv and not frames_only:
       x = layers.fold_frames(layers.TemporalConv(dtype=dtype, name="temporal_conv")(
-          layers.unfold_frames(x, b), temporal_mask))
+          layers.unfold_frames(x, b), temporal_mask, conv_film))
     heads = self.out_channels // cfg.head_dim
     if self.level in cfg.attn_levels or self.level in cfg.cross_attn_levels or self.force_attention:
       self_attn = self.level in cfg.attn_levels or self.force_attention
+      if pos is not None:
+        x = x + pos.astype(x.dtype)[None]
       x = layers.SpatialAttention(heads, self_attention=self_attn, dtype=dtype, name="attn")(
           x, text, text_mask)
     if self.level in cfg.temporal_attn_levels:
       x = layers.fold_frames(layers.TemporalAttention(heads, dtype=dtype, name="temporal_attn")(
-          layers.unfold_frames(x, b), temporal_mask, frames_only))
+          layers.unfold_frames(x, b), temporal_mask, frames_only,
+          film if film is not None and film.shape[-1] else None))
     # Block boundary: (B·T, H, W, C) activations are sharded by the 'activation_*' logical rules
     # (a no-op without a mesh and rules; see dreamix_jax.parallel).
     return nn.with_logical_constraint(x, ACTIVATION_AXES)

@@ -29,13 +29,14 @@ def loop_row(stage, casc, params, repeats):
   k = jax.random.split(jax.random.PRNGKey(0), 4)
   text = jax.random.normal(k[0], (1, casc.text_len, casc.text_dim))
   mask = jnp.ones((1, casc.text_len), bool)
+  null = casc.null_condition
   z = jax.random.normal(k[1], (1,) + stage.shape + (3,))
   low = None
   if stage.conditional:
     low = jax.random.uniform(k[2], (1,) + stage.input_shape() + (3,), minval=-1.0, maxval=1.0)
-  loop_s = common.best_time(lambda: fn(params, text, mask, k[3], z, jnp.float32(1.0), low), repeats)
+  loop_s = common.best_time(lambda: fn(params, text, mask, k[3], z, jnp.float32(1.0), low, null), repeats)
   before = fn._cache_size()  # pylint: disable=protected-access
-  common.block(fn(params, text + 1.0, mask, k[2], z, jnp.float32(0.7), low))
+  common.block(fn(params, text + 1.0, mask, k[2], z, jnp.float32(0.7), low, null))
   recompiles = fn._cache_size() - before  # pylint: disable=protected-access
 
   apply = casc.denoiser(stage)

@@ -34,6 +34,19 @@ def cascade_config(cascade: str, runlocal: bool) -> ml_collections.ConfigDict:
   return module.get_config("tiny" if runlocal else None)
 
 
+def diffusers_finetune(config: ml_collections.ConfigDict, runlocal: bool) -> None:
+  """The paper's settings for Dreamix on the ModelScope backbone (App. C.5) in place of the
+  moving-shapes ones, for a cascade read from a diffusers pipeline: 750 steps at learning rate
+  1e-5 on the one (latent) stage, ε-loss as the model was trained; α and s are the job's."""
+  if config.cascade.get("source", "project") != "diffusers":
+    return
+  config.finetune.steps = 4 if runlocal else 750
+  config.finetune.stages = tuple(config.cascade.order)
+  config.finetune.weighting = "eps"
+  config.finetune.batch_size = 1
+  config.finetune.optimizer.lr = 1e-5
+
+
 def base_config(job: str, runlocal: bool, cascade: str = "") -> ml_collections.ConfigDict:
   """Fields every sampling-type job has. `runlocal`: tiny random cascade (smoke runs on a CPU).
   `cascade`: the `:cascade=<name|path>` argument (default: the moving-shapes cascade, whose

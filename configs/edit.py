@@ -34,4 +34,8 @@ def get_config(arg=None):
       log_every=2 if arg.runlocal else 10,
       checkpoint_every=100)
   config.finetune.optimizer.lr = 1e-4  # the toy cascade is tiny: a larger step than the paper
+  if config.cascade.get("source", "project") == "diffusers":  # App. C.5: α = 0.5, s = 0.85
+    config.finetune.alpha = 0.5
+    config.noise_levels = (0.85,)
+  common.diffusers_finetune(config, arg.runlocal)
   return config

@@ -25,4 +25,5 @@ def get_config(arg=None):
       alpha=0.0, steps=4 if arg.runlocal else 150, batch_size=1 if arg.runlocal else 4,
       stages=("base", "tsr", "ssr"), log_every=2 if arg.runlocal else 10)
   config.finetune.optimizer.lr = 1e-4
+  common.diffusers_finetune(config, arg.runlocal)
   return config

@@ -179,9 +179,9 @@ class Cascade:
     for stage in stages:
       f = stage.backbone.spatial_factor * autoencoder.spatial_factor
       if stage.height % f or stage.width % f:
-        raise ValueError(f"Stage {stage.name!r}: {stage.height}×{stage.width} is not divisible by "
-                         f"{f} (the backbone's downsampling × the autoencoder's); change the "
-                         "resolution or the backbone's levels.")
+        raise ValueError(f"Stage {stage.name!r}: {stage.height}×{stage.width} is not divisible by the "
+                         f"downsampling factor {f} (the backbone's × the autoencoder's); change "
+                         "the resolution or the backbone's levels.")
     for prev, cur in zip(stages, stages[1:]):
       if cur.input_shape() != prev.shape:
         raise ValueError(f"Stage {cur.name!r} expects input {cur.input_shape()} but {prev.name!r} "
@@ -192,6 +192,9 @@ class Cascade:
     self.text_dim = text_dim
     self.layout = layout
     self.autoencoder = autoencoder
+    # Guidance's unconditional text, ((1, L, D), (1, L)): zeros and an all-False mask (the T5
+    # convention) unless the embedder says otherwise (`jobs.common.make_embedder`).
+    self.null_condition = (jnp.zeros((1, text_len, text_dim)), jnp.zeros((1, text_len), bool))
 
   @classmethod
   def from_config(cls, cfg: ml_collections.ConfigDict, layout: parallel.Layout | None = None,
@@ -291,18 +294,19 @@ class Cascade:
     else:
       layout = self.layout
 
-      def fn(params, text, text_mask, rng, z, t, low):
-        text, text_mask, z, low = parallel.put((text, text_mask, z, low),
-                                               layout.batch_shardings((text, text_mask, z, low)))
+      def fn(params, text, text_mask, rng, z, t, low, null):
+        text, text_mask, z, low, null = parallel.put(
+            (text, text_mask, z, low, null), layout.batch_shardings((text, text_mask, z, low, null)))
         rng, t = parallel.put((rng, t), layout.replicated)
-        return raw(params, text, text_mask, rng, z, t, low)
+        return raw(params, text, text_mask, rng, z, t, low, null)
     _, h, w, c = self.latent_shape(stage)
+    b = text.shape[0]
+    null = tuple(jnp.repeat(jnp.asarray(x), b, axis=0) for x in self.null_condition)
     if not stage.conditional:
-      b = text.shape[0]
       k_noise, k_sample = jax.random.split(rng)
       if z_start is None:
         z_start = jax.random.normal(k_noise, (b,) + self.latent_shape(stage))
-      return fn(params, text, text_mask, k_sample, z_start, jnp.float32(t_start), None)
+      return fn(params, text, text_mask, k_sample, z_start, jnp.float32(t_start), None, null)
     if low is None:
       raise ValueError(f"SR stage {stage.name!r} needs the previous stage's output `low`.")
     chunk = stage.chunk_frames or low.shape[1]
@@ -312,7 +316,7 @@ class Cascade:
       k_noise, k_sample = jax.random.split(jax.random.fold_in(rng, i))
       out_frames = piece.shape[1] * stage.frames_per_input()
       z = jax.random.normal(k_noise, (piece.shape[0], out_frames, h, w, c))
-      outs.append(fn(params, text, text_mask, k_sample, z, jnp.float32(1.0), piece))
+      outs.append(fn(params, text, text_mask, k_sample, z, jnp.float32(1.0), piece, null))
     return jnp.concatenate(outs, axis=1)
 
   def sample(self, params: Mapping, text, text_mask, rng, *, base_start=None, t_start=1.0,
@@ -360,14 +364,15 @@ def _compiled_stage_sampler(stage: Stage, schedule, layout: parallel.Layout | No
   config = stage.sampler if pixel_space else dataclasses.replace(stage.sampler,
                                                                  thresholding="none")
 
-  def run(params, text, text_mask, rng, z_start, t_start, low):
+  def run(params, text, text_mask, rng, z_start, t_start, low, null):
     kwargs = {}
     if low is not None:
       k_aug, rng = jax.random.split(rng)
       cond, cond_logsnr = objectives.augment_condition(
           k_aug, stage.upsample(low), schedule, max_t=stage.cond_aug_t, fixed_t=stage.cond_aug_t)
       kwargs = dict(cond=cond, cond_logsnr=cond_logsnr)
-    v_fn = sampling.guided_v_fn(apply, params, text, text_mask, guided=config.guided, **kwargs)
+    v_fn = sampling.guided_v_fn(apply, params, text, text_mask, guided=config.guided, null=null,
+                                **kwargs)
     out = sampling.ddim_sample(v_fn, z_start, rng, schedule=schedule, config=config,
                                t_start=t_start, trajectory=trajectory)
     return jax.tree.map(lambda x: jnp.clip(x, -1.0, 1.0), out) if pixel_space else out

@@ -117,15 +117,15 @@ def test_eval_job_scores_result_folders(tmp_path):
   with open(paths["csv"]) as f:
     rows = {r["folder"]: r for r in csv.DictReader(f)}
   assert list(rows) == ["edit/a_color", "edit/b_color_and_shape", "edit/c_background_texture_lost",
-                        "sample/d_text2video", "sample/e_other"]
+                        "text2video/d_text2video", "text2video/e_other"]
   verdicts = {k: (r["alignment"], r["fidelity"], r["success"]) for k, r in rows.items()}
   assert verdicts == {"edit/a_color": ("1", "1", "1"), "edit/b_color_and_shape": ("0", "0", "0"),
                       "edit/c_background_texture_lost": ("1", "0", "0"),
-                      "sample/d_text2video": ("1", "", ""), "sample/e_other": ("", "", "")}
+                      "text2video/d_text2video": ("1", "", ""), "text2video/e_other": ("", "", "")}
   assert rows["edit/a_color"]["changed"] == "color"
   assert float(rows["edit/a_color"]["texture_correlation"]) > 0.9
   assert all(float(r["temporal_distance"]) > 0 for r in rows.values())
-  assert rows["edit/a_color"]["s"] == "0.9" and rows["sample/d_text2video"]["job"] == "text2video"
+  assert rows["edit/a_color"]["s"] == "0.9" and rows["text2video/d_text2video"]["job"] == "text2video"
   md = pathlib.Path(paths["md"]).read_text().splitlines()
   assert md[0] == "## Scores of 5 results"
   assert md[2].startswith("| folder | prompt | job | setting | s | temporal_distance |")

@@ -19,7 +19,7 @@ WITH = unet.UNetConfig(channels=8, channel_mult=(1, 2), num_res_blocks=(1, 1), a
                        cross_attn_levels=(0,), temporal_attn_levels=(0, 1), temporal_conv=True,
                        head_dim=8, frame_embedding=True)
 WITHOUT = dataclasses.replace(WITH, frame_embedding=False)
-init = functools.partial(unet.init_params, frames=T, height=H, width=W, text_len=L, text_dim=D)
+init = functools.partial(unet_init, frames=T, height=H, width=W, text_len=L, text_dim=D)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ MU, STD = 0.3, 0.5  # data distribution N(MU, STD²) per element
 def gaussian_posterior_v(z, logsnr):
   """Exact v̂ for Gaussian data: x̂ = E[x | z] = μ + α s² (z − α μ) / (α² s² + σ²)."""
   alpha, sigma = schedules.alpha_sigma(logsnr)
-  alpha, sigma = schedules._bcast(alpha, z), schedules._bcast(sigma, z)
+  alpha, sigma = schedules.bcast(alpha, z), schedules.bcast(sigma, z)
   x_hat = MU + alpha * STD**2 * (z - alpha * MU) / (alpha**2 * STD**2 + sigma**2)
   return (alpha * z - x_hat) / sigma
 
@@ -37,8 +37,8 @@ def test_sampler_is_exact_for_a_point_mass_from_any_start():
 
   def v_fn(z, lam):
     return (schedules.v_from_x_eps(jnp.broadcast_to(target, z.shape),
-                                   (z - schedules._bcast(schedules.alpha_sigma(lam)[0], z) * target)
-                                   / schedules._bcast(schedules.alpha_sigma(lam)[1], z), lam), None)
+                                   (z - schedules.bcast(schedules.alpha_sigma(lam)[0], z) * target)
+                                   / schedules.bcast(schedules.alpha_sigma(lam)[1], z), lam), None)
 
   cfg = sampling.SamplerConfig(num_steps=8, thresholding="none")
   run = jax.jit(lambda z, s: sampling.ddim_sample(v_fn, z, jax.random.PRNGKey(0), schedule=SCHED,
@@ -55,8 +55,8 @@ def test_trajectory_holds_each_steps_prediction_in_order():
   the noisiest step on, and its last entry is the sample returned without the trajectory."""
 
   def v_fn(z, lam):
-    x = jnp.broadcast_to(schedules._bcast(lam, z), z.shape)
-    alpha, sigma = (schedules._bcast(a, z) for a in schedules.alpha_sigma(lam))
+    x = jnp.broadcast_to(schedules.bcast(lam, z), z.shape)
+    alpha, sigma = (schedules.bcast(a, z) for a in schedules.alpha_sigma(lam))
     return schedules.v_from_x_eps(x, (z - alpha * x) / sigma, lam), None
 
   cfg = sampling.SamplerConfig(num_steps=5, thresholding="none")

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from dreamix_jax.backbones import base, unet
+from dreamix_jax.backbones import base, unet, unet3d
 
 REGISTRY = {
     "unet": unet.UNetBackbone,
+    "unet3d": unet3d.UNet3DBackbone,
 }
 
 

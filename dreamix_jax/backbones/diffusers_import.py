@@ -31,7 +31,7 @@ from dreamix_jax.autoencoders import sd_vae
 from dreamix_jax.backbones import base
 from dreamix_jax.backbones import diffusers_weights as weights
 from dreamix_jax.backbones import unet3d
-from dreamix_jax.metrics import clip
+from dreamix_jax.metrics import clip_model, clip_weights
 from dreamix_jax.text import clip_text
 
 T = weights.Target
@@ -260,7 +260,7 @@ def text_encoder_name_map(cfg: clip_text.ClipTextConfig) -> dict[str, weights.Ta
   m = {f"{t}.embeddings.token_embedding.weight": T(("token_embedding", "embedding")),
        f"{t}.embeddings.position_embedding.weight": T(("position_embedding", "embedding")),
        **_norm(f"{t}.final_layer_norm", ("final_layer_norm",))}
-  specs = clip._tower_specs(t, cfg.tower)  # pylint: disable=protected-access
+  specs = clip_weights.tower_specs(t, cfg.tower)
   for name, (path, transform) in specs.items():
     m[name] = T(path[1:], transform)
   return m

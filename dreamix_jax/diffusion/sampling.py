@@ -142,18 +142,21 @@ def ddim_sample(v_fn: VFn, z_start, rng, *, schedule: schedules.CosineLogSNR,
   return (x, xs) if trajectory else x
 
 
-def guided_v_fn(apply_fn, params, text, text_mask, *, guided: bool, **model_kwargs) -> VFn:
+def guided_v_fn(apply_fn, params, text, text_mask, *, guided: bool, null=None,
+                **model_kwargs) -> VFn:
   """Wraps a stage denoiser `apply_fn(params, z, logsnr, text, text_mask, **kw)` as a `VFn`.
 
-  With guidance the conditional and unconditional (zero embeddings, all-masked) branches are
-  concatenated on the batch axis and evaluated in **one** call. `model_kwargs` (cond, cond_logsnr,
-  temporal_mask) are duplicated along the batch to match.
+  With guidance the conditional and unconditional branches are concatenated on the batch axis and
+  evaluated in **one** call. The unconditional text is `null` = (embeddings (B, L, D), mask
+  (B, L)), by default zeros and an all-False mask (an encoder's own null, e.g. CLIP's encoding of
+  "", is passed in). `model_kwargs` (cond, cond_logsnr, temporal_mask) are duplicated along the
+  batch to match.
   """
   if not guided:
     return lambda z, lam: (apply_fn(params, z, lam, text, text_mask, **model_kwargs), None)
 
-  null_text = jnp.zeros_like(text)
-  null_mask = jnp.zeros_like(text_mask)
+  null_text, null_mask = null if null is not None else (jnp.zeros_like(text),
+                                                        jnp.zeros_like(text_mask))
   text2 = jnp.concatenate([text, null_text])
   mask2 = jnp.concatenate([text_mask, null_mask])
   kwargs2 = {k: (None if v is None else jnp.concatenate([v, v])) for k, v in model_kwargs.items()}

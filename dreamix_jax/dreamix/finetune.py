@@ -148,7 +148,7 @@ def finetune_at_steps(cascade: cascade_lib.Cascade, params: dict, video, text, t
   if not targets or targets[0] < 0:
     raise ValueError(f"Finetuning step counts must be a non-empty set of integers >= 0, got "
                      f"{list(steps)}.")
-  names = finetuned_stages(cascade, cfg)
+  names = finetuned_stages(cascade.names, cfg)
   views = stage_views(cascade, jnp.asarray(video), names[-1]) if names else {}
   runs = {name: _start(cascade, cascade.stage(name), params[name], views, text, text_mask, cfg)
           for name in names}
@@ -161,13 +161,14 @@ def finetune_at_steps(cascade: cascade_lib.Cascade, params: dict, video, text, t
     yield k, dict(params, **{name: states[name].eval_params for name in names})
 
 
-def finetuned_stages(cascade: cascade_lib.Cascade, cfg: ml_collections.ConfigDict) -> list[str]:
-  """The stages of `cfg.stages` in cascade order; a name the cascade lacks is an error."""
-  unknown = sorted(set(cfg.stages) - set(cascade.names))
+def finetuned_stages(names: Sequence[str], cfg: ml_collections.ConfigDict) -> list[str]:
+  """The stages of `cfg.stages` in cascade order (`names`: the cascade's stage names); a name the
+  cascade lacks is an error."""
+  unknown = sorted(set(cfg.stages) - set(names))
   if unknown:
-    raise ValueError(f"finetune.stages names {unknown}, which cascade has no such stage (stages: "
-                     f"{cascade.names}); fix --config.finetune.stages.")
-  return [n for n in cascade.names if n in cfg.stages]
+    raise ValueError(f"finetune.stages names {unknown}, which the cascade does not have (stages: "
+                     f"{list(names)}); fix --config.finetune.stages.")
+  return [n for n in names if n in cfg.stages]
 
 
 def finetune_cascade(cascade: cascade_lib.Cascade, params: dict, video, text, text_mask,
@@ -179,7 +180,7 @@ def finetune_cascade(cascade: cascade_lib.Cascade, params: dict, video, text, te
   exported to `<workdir>/finetuned_cascade/` when a workdir is given. With a `timer`
   (`jobs.common.Timer`) each stage is timed as phase `finetune_<stage>`.
   """
-  names = finetuned_stages(cascade, cfg)
+  names = finetuned_stages(cascade.names, cfg)
   if not names:
     return params, {}
   views = stage_views(cascade, video, names[-1])
@@ -200,7 +201,8 @@ def finetune_cascade(cascade: cascade_lib.Cascade, params: dict, video, text, te
   return new_params, histories
 
 
-def top_finetune_stage(cascade: cascade_lib.Cascade, cfg: ml_collections.ConfigDict) -> str:
-  """The highest-resolution stage the finetune touches (the base stage when finetuning is off)."""
-  names = finetuned_stages(cascade, cfg) if cfg.enabled else []
-  return names[-1] if names else cascade.names[0]
+def top_finetune_stage(names: Sequence[str], cfg: ml_collections.ConfigDict) -> str:
+  """The highest-resolution stage the finetune touches (the base stage when finetuning is off);
+  `names`: the cascade's stage names in order."""
+  tuned = finetuned_stages(names, cfg) if cfg.enabled else []
+  return tuned[-1] if tuned else names[0]

@@ -36,9 +36,15 @@ def load_cascade(config: ml_collections.ConfigDict, upto: str = ""):
   With `config.mesh` the cascade carries a `parallel.Layout` (sampling and finetuning run sharded on
   it) and the parameters are laid out on it: loaded ones slice by slice, random ones initialised
   under `jit` with output shardings. `config.distributed.enabled` starts `jax.distributed` first.
+
+  A cascade with `source = "diffusers"` (`configs/cascades/modelscope.py`) reads
+  `config.checkpoint` as a diffusers pipeline folder instead (`_load_diffusers`).
   """
   parallel.initialize(config.get("distributed"))
-  cascade = cascade_lib.Cascade.from_config(config.cascade, parallel.layout_from_config(config))
+  layout = parallel.layout_from_config(config)
+  if config.cascade.get("source", "project") == "diffusers":
+    return _load_diffusers(config, layout)
+  cascade = cascade_lib.Cascade.from_config(config.cascade, layout)
   if upto and upto not in cascade.names:
     raise ValueError(f"Stage {upto!r} is not in cascade {config.cascade.name!r}; it has "
                      f"{cascade.names}.")
@@ -56,13 +62,51 @@ def load_cascade(config: ml_collections.ConfigDict, upto: str = ""):
   return cascade, params
 
 
+def _load_diffusers(config: ml_collections.ConfigDict, layout):
+  """(cascade, {base: params}) of a one-stage latent cascade whose weights are the diffusers
+  pipeline folder `config.checkpoint`: the UNet3D's architecture, the DDPM schedule and the text
+  width come from the folder's configs, the autoencoder is its SD VAE; the cascade config gives
+  the clip size, the sampler and how to run the backbone (dtype, remat)."""
+  from dreamix_jax.backbones import diffusers_import  # pylint: disable=g-import-not-at-top
+  folder = config.checkpoint
+  if not folder:
+    raise ValueError(f"Cascade {config.cascade.name!r} runs a diffusers text-to-video model: pass "
+                     "--config.checkpoint=<its pipeline folder> (e.g. a local copy of "
+                     "damo-vilab/text-to-video-ms-1.7b; not a diffusers pipeline folder: '').")
+  cfg = config.cascade.copy_and_resolve_references()
+  cfg.unlock()
+  if len(cfg.order) != 1:
+    raise ValueError(f"A diffusers cascade is one base stage; {cfg.name!r} has {list(cfg.order)}.")
+  backbone_cfg = cfg.stages[cfg.order[0]].backbone
+  backbone_cfg.pipeline_dir = folder
+  run_fields = {k: v for k, v in backbone_cfg.items() if k not in ("name", "pipeline_dir")}
+  backbone, params = diffusers_import.load_unet(folder, sharding=layout, **run_fields)
+  scheduler = diffusers_import.load_scheduler_config(folder)
+  cfg.schedule = dict(kind="ddpm", num_steps=scheduler.num_train_timesteps,
+                      beta_start=scheduler.beta_start, beta_end=scheduler.beta_end,
+                      beta_schedule=scheduler.beta_schedule)
+  cfg.text.dim = backbone.config.cross_attention_dim
+  autoencoder = diffusers_import.load_vae(folder, dtype=run_fields.get("dtype", "float32"))
+  cascade = cascade_lib.Cascade.from_config(cfg, layout, autoencoder=autoencoder)
+  logging.info("Loaded the diffusers pipeline %s (%s prediction).", folder, backbone.prediction)
+  return cascade, {cascade.names[0]: params}
+
+
 def make_embedder(config: ml_collections.ConfigDict, cascade: cascade_lib.Cascade):
-  embedder = text_encoder.make_embedder(config.text.t5_dir or None, config.text.cache_dir or None,
-                                        cascade.text_len)
+  """The prompt embedder the cascade was trained with (`cascade.text.encoder`: the T5 of
+  `config.text`, or the CLIP text tower of a diffusers pipeline folder); its null condition
+  becomes the cascade's unconditional branch for guidance."""
+  if config.cascade.text.get("encoder", "t5") == "clip":
+    from dreamix_jax.backbones import diffusers_import  # pylint: disable=g-import-not-at-top
+    embedder = diffusers_import.clip_text_embedder(config.checkpoint)
+  else:
+    embedder = text_encoder.make_embedder(config.text.t5_dir or None,
+                                          config.text.cache_dir or None, cascade.text_len)
   if embedder.dim != cascade.text_dim:
     raise ValueError(f"The text encoder gives {embedder.dim}-d embeddings but cascade "
                      f"{config.cascade.name!r} expects {cascade.text_dim}-d; use the encoder the "
                      "cascade was trained with.")
+  cascade.null_condition = embedder.null(1)
   return embedder
 
 

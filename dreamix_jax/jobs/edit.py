@@ -18,24 +18,23 @@ import os
 import jax.numpy as jnp
 from absl import logging
 
-from dreamix_jax import cascade as cascade_lib
 from dreamix_jax.data import video as video_io
 from dreamix_jax.dreamix import corrupt, edit, finetune
 from dreamix_jax.jobs import common
 
 
 def run(config, workdir: str) -> list[str]:
-  top, timer = validate(config)
+  timer = validate(config)
+  cascade, params, embedder, top = load(config, timer)
   with timer("read_input"):
     video = video_io.read_video(config.input, top.frames, top.height, top.width, fps=top.fps)
-  cascade, params, embedder = load(config, timer)
   return finetune_and_edit(config, workdir, "edit", cascade, params, embedder, timer, video[None],
                            top.name, source=config.input)
 
 
 def validate(config):
-  """Checks the settings (noise levels, prompts, seeds, finetune ranges and stages, the cascade's
-  shapes) before anything is loaded or written; returns (the highest finetuned stage, a Timer)."""
+  """Checks the settings (noise levels, prompts, seeds, finetune ranges and stages) before
+  anything is loaded or written; returns a Timer."""
   for s in config.noise_levels if "noise_levels" in config else ():
     corrupt.check_noise_level(s)
   for field in ("prompts", "seeds", "noise_levels"):
@@ -43,16 +42,18 @@ def validate(config):
       raise ValueError(f"config.{field} is empty: give at least one, e.g. "
                        f"--config.{field}='(...,)'.")
   finetune.check_config(config.finetune)
-  cascade = cascade_lib.Cascade.from_config(config.cascade)  # shapes only: no parameters yet
-  return cascade.stage(finetune.top_finetune_stage(cascade, config.finetune)), common.Timer()
+  finetune.top_finetune_stage(list(config.cascade.order), config.finetune)  # known stages
+  return common.Timer()
 
 
 def load(config, timer):
-  """(cascade, params, prompt embedder), timed as phase `load`."""
+  """(cascade, params, prompt embedder, the highest finetuned stage), timed as phase `load`;
+  nothing is written yet, so a bad cascade or checkpoint leaves nothing behind."""
   with timer("load"):
     cascade, params = common.load_cascade(config)
     embedder = common.make_embedder(config, cascade)
-  return cascade, params, embedder
+  return cascade, params, embedder, cascade.stage(
+      finetune.top_finetune_stage(cascade.names, config.finetune))
 
 
 def maybe_finetune(config, out_root, cascade, params, embedder, timer, video):

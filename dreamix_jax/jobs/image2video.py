@@ -12,11 +12,11 @@ from dreamix_jax.jobs import edit
 
 
 def run(config, workdir: str) -> list[str]:
-  top, timer = edit.validate(config)
+  timer = edit.validate(config)
+  cascade, params, embedder, top = edit.load(config, timer)
   with timer("read_input"):
     image = video_io.read_image(config.input, top.height, top.width)
     video = image2video.image_to_video(image, config.transform, top.frames, seed=config.seed)
-  cascade, params, embedder = edit.load(config, timer)
   return edit.finetune_and_edit(config, workdir, "image2video", cascade, params, embedder, timer,
                                 video[None], top.name, source=config.input,
                                 extra_meta={"transform": config.transform})

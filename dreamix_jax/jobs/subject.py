@@ -14,14 +14,14 @@ from dreamix_jax.jobs import common, edit, text2video
 
 
 def run(config, workdir: str) -> list[str]:
-  top, timer = edit.validate(config)
+  timer = edit.validate(config)
   if not subject.mentions_subject(config.prompts, config.finetune.prompt):
     logging.warning("No prompt contains the subject token %r; the finetuned subject will not be "
                     "asked for.", config.finetune.prompt)
+  cascade, params, embedder, top = edit.load(config, timer)
   with timer("read_input"):
     images = video_io.read_image_collection(config.input, top.height, top.width)
     frames = subject.pack_images(images, top.frames)
-  cascade, params, embedder = edit.load(config, timer)
   embedder(list(config.prompts))  # unusable prompts fail (long ones warn) before any output exists
   out_root = common.open_output_dir(workdir, "subject", config)
   params = edit.maybe_finetune(config, out_root, cascade, params, embedder, timer, frames[None])

@@ -35,7 +35,7 @@ def run(config, workdir: str) -> list[str]:
   with timer("load"):
     cascade, params = common.load_cascade(config)
     embedder = common.make_embedder(config, cascade)
-  top = cascade.stage(finetune.top_finetune_stage(cascade, config.finetune))
+  top = cascade.stage(finetune.top_finetune_stage(cascade.names, config.finetune))
   with timer("read_input"):
     video = video_io.read_video(config.input, top.frames, top.height, top.width,
                                 fps=top.fps)[None]

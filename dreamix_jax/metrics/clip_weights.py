@@ -43,7 +43,7 @@ def _norm(hf: str, fx: FlaxPath) -> dict[str, tuple[FlaxPath, str]]:
   return {f"{hf}.weight": (fx + ("scale",), "copy"), f"{hf}.bias": (fx + ("bias",), "copy")}
 
 
-def _tower_specs(prefix: str,
+def tower_specs(prefix: str,
                  tower: clip_model.TowerConfig) -> dict[str, tuple[FlaxPath, str]]:
   specs = {}
   for i in range(tower.num_layers):
@@ -75,8 +75,8 @@ def hf_name_map(config: clip_model.ClipConfig) -> dict[str, tuple[FlaxPath, str]
   specs.update(_norm(f"{v}.pre_layrnorm", (v, "pre_layrnorm")))
   specs.update(_norm(f"{v}.post_layernorm", (v, "post_layernorm")))
   specs.update(_norm(f"{t}.final_layer_norm", (t, "final_layer_norm")))
-  specs.update(_tower_specs(v, config.vision))
-  specs.update(_tower_specs(t, config.text))
+  specs.update(tower_specs(v, config.vision))
+  specs.update(tower_specs(t, config.text))
   return specs
 
 

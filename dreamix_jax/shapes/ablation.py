@@ -104,7 +104,7 @@ def edit_clips(cascade, params, embedder, config, workdir: str, timer) -> list[d
   """
   methods = methods_from_config(config.ablation, config.alphas)
   settings = run_settings(config)
-  top = cascade.stage(finetune.top_finetune_stage(cascade, config.finetune))
+  top = cascade.stage(finetune.top_finetune_stage(cascade.names, config.finetune))
   scored = cascade.stage(config.ablation.upto or cascade.names[-1])
   t_star, t_star_mask = embedder([config.finetune.prompt])
   rows = []

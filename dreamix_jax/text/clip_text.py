@@ -9,7 +9,7 @@ of them. So the embedder's mask is all True, embeddings are not zeroed at paddin
 condition is the encoding of the empty prompt "" (what diffusers uses for classifier-free
 guidance), not zeros.
 
-The transformer layers are `metrics.clip.Encoder` (the CLIP-score towers; same parameter names
+The transformer layers are `metrics.clip_model.Encoder` (the CLIP-score towers; same parameter names
 and arithmetic, matmuls at `Precision.HIGHEST`, float32): prompts are encoded once, so precision
 costs nothing that matters. Weights: `backbones.diffusers_import.load_text_encoder`.
 """
@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dreamix_jax.metrics import clip
+from dreamix_jax.metrics import clip_model
 
 _log = logging.getLogger(__name__)
 
@@ -55,8 +55,8 @@ class ClipTextConfig:
     return cls(**{n: config[n] for n in names if n in config})
 
   @property
-  def tower(self) -> clip.TowerConfig:
-    return clip.TowerConfig(self.hidden_size, self.intermediate_size, self.num_hidden_layers,
+  def tower(self) -> clip_model.TowerConfig:
+    return clip_model.TowerConfig(self.hidden_size, self.intermediate_size, self.num_hidden_layers,
                             self.num_attention_heads, self.hidden_act, self.layer_norm_eps)
 
 
@@ -76,7 +76,7 @@ class ClipTextTransformer(nn.Module):
     x = nn.Embed(c.vocab_size, c.hidden_size, name="token_embedding")(input_ids)
     x = x + nn.Embed(c.max_position_embeddings, c.hidden_size,
                      name="position_embedding")(jnp.arange(length))[None]
-    x = clip.Encoder(c.tower, name="encoder")(x, jnp.tril(jnp.ones((length, length), bool)))
+    x = clip_model.Encoder(c.tower, name="encoder")(x, jnp.tril(jnp.ones((length, length), bool)))
     return nn.LayerNorm(epsilon=c.layer_norm_eps, name="final_layer_norm")(x)
 
 

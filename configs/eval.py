@@ -50,12 +50,17 @@ from dreamix_jax.dreamix import sweep
 
 def get_config(arg=None):
   arg = cu.parse_arg(arg, runlocal=False, cascade="", outputs="", benchmark="", clip_dir="",
-                     lpips_weights="", upto="")
+                     lpips_weights="", upto="", world="")
   config = common.base_config("eval", arg.runlocal, arg.cascade)
   config.outputs = arg.outputs
   config.clip_dir = arg.clip_dir
   config.lpips_weights = arg.lpips_weights
   config.benchmark = arg.benchmark
+  # The world the text2video and classifier benchmarks draw test clips from: `:world=motion` is
+  # the motion-only world of the direction-of-motion A/B (configs/pretrain.py); empty: all values.
+  config.vocabulary = dict(color=("white",), shape=("square",), background=("black",),
+                           motion=()) if arg.world == "motion" else dict(
+                               color=(), shape=(), motion=(), background=())
   # The ablation scores the base stage's output unless `upto` names a later stage: the methods differ
   # only in the base stage (the one they finetune), and the demo cascade's SR stages do not keep
   # the world's fine texture even from a perfect input (see docs/ablation.md).

@@ -16,7 +16,7 @@ from dreamix_jax.train import state as state_lib
 
 
 def get_config(arg=None):
-  arg = cu.parse_arg(arg, runlocal=False, cascade="", stage="base", steps=0, batch=0)
+  arg = cu.parse_arg(arg, runlocal=False, cascade="", stage="base", steps=0, batch=0, world="")
   config = common.base_config("pretrain", arg.runlocal, arg.cascade)
   config.stage = arg.stage
   config.steps = arg.steps or (6 if arg.runlocal else 20_000)
@@ -48,7 +48,15 @@ def get_config(arg=None):
   config.sample_every = 3 if arg.runlocal else 2000
   config.sample_prompts = ("a red circle moving right on a black background",
                            "a blue square moving up on a gray background")
+  # Training log-SNR mixture: a `share` of the draws uniform in [low, high] instead of the
+  # schedule's (0: off; `diffusion.objectives.sample_logsnr`).
+  config.logsnr_mixture = dict(share=0.0, low=-8.0, high=-3.0)
+  # `vocabulary` restricts the moving-shapes world (empty: every value); `:world=motion` is the
+  # motion-only world of the direction-of-motion A/B (docs/motion_direction.md).
+  motion_only = dict(color=("white",), shape=("square",), background=("black",), motion=())
   config.data = dict(source="moving_shapes", size=1_000_000, seed=0,
                      image_fraction=0.0 if arg.stage == "tsr" else 0.25, tfds_name="moving_shapes/ssr",
-                     tfds_dir="")
+                     tfds_dir="",
+                     vocabulary=motion_only if arg.world == "motion" else dict(
+                         color=(), shape=(), motion=(), background=()))
   return config

@@ -39,6 +39,11 @@ COVERED = {
     "python -m dreamix_jax.tools.make_demo_assets --out=assets": (
         "tests/test_readme.py::test_make_demo_assets_command_reproduces_the_shipped_inputs",
         ("make_demo_assets", "--out=")),
+    "python -m dreamix_jax.main --config=configs/edit.py:cascade=modelscope "
+    "--config.checkpoint=<folder> --config.input=<video> --workdir=<dir>": (
+        "tests/test_modelscope_jobs.py::test_edit_and_text2video_on_a_pipeline_folder",
+        ("_run(", "--config=configs/edit.py:cascade=modelscope", "--config.checkpoint=",
+         "--config.input=")),
     # The "Launching" section.
     "python launch/xm_launch.py --config=configs/edit.py --sweep=paper --dry_run": (
         "tests/test_launch.py::test_xm_dry_run_paper_sweep_covers_the_12_settings",

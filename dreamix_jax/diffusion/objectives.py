@@ -27,18 +27,24 @@ def loss_weight(logsnr, weighting: str):
 
 
 def sample_logsnr(rng, shape, schedule: schedules.CosineLogSNR, *, t_max: float = 1.0,
-                  shift: float = 0.0):
+                  shift: float = 0.0, mixture: tuple[float, float, float] = (0.0, 0.0, 0.0)):
   """λ(t) + shift with t ~ U(0, t_max), of the given shape ((B,) per example, (B, T) per frame),
   kept inside the schedule's [logsnr_min, logsnr_max].
 
   A negative `shift` is the "shifted cosine" of simple diffusion (Hoogeboom et al., 2023): it moves
   training towards noisier inputs, where redundant pixels (many frames showing one object, or a
   high resolution) no longer give the content away (measured on the moving-shapes base:
-  docs/motion_direction.md).
+  docs/motion_direction.md). `mixture` = (share, low, high): that share of the draws is instead
+  uniform in [low, high], e.g. to weight the levels where a sample's motion is decided.
   """
   lam = schedule.logsnr(jax.random.uniform(rng, shape, maxval=t_max))
   if shift:
     lam = jnp.clip(lam + shift, schedule.logsnr_min, schedule.logsnr_max)
+  share, low, high = mixture
+  if share > 0:  # its own keys: the schedule's draws are unchanged
+    k_pick, k_level = jax.random.split(jax.random.fold_in(rng, 1))
+    level = jax.random.uniform(k_level, shape, minval=low, maxval=high)
+    lam = jnp.where(jax.random.bernoulli(k_pick, share, shape), level, lam)
   return lam
 
 

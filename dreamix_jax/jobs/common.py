@@ -165,6 +165,13 @@ def mark_finished(out_root: str) -> None:
   os.remove(os.path.join(out_root, RUN_MARKER))
 
 
+def peak_device_bytes() -> int | None:
+  """Peak bytes in use on the first local device so far (GPU/TPU memory statistics), or None
+  where the backend keeps none (CPU)."""
+  stats = jax.local_devices()[0].memory_stats()
+  return stats.get("peak_bytes_in_use") if stats else None
+
+
 def slug(text: str, max_len: int = 48) -> str:
   return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:max_len] or "prompt"
 

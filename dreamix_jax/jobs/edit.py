@@ -87,7 +87,8 @@ def finetune_and_edit(config, workdir, job, cascade, params, embedder, timer, vi
         folder = os.path.join(out_root, f"{i:03d}_{common.slug(prompt)}_seed{seed}_s{s:g}")
         meta = dict(extra_meta or {}, job=job, input=source, prompt=prompt, seed=seed, s=s,
                     checkpoint=config.checkpoint, finetune=config.finetune.to_dict(),
-                    output_shape=list(final.shape), fps=last.fps, timings=dict(timer.phases))
+                    output_shape=list(final.shape), fps=last.fps, timings=dict(timer.phases),
+                    peak_device_bytes=common.peak_device_bytes())
         common.write_result(folder, final, last.fps, meta, input_video=input_at_output)
         folders.append(folder)
         logging.info("edit written to %s", folder)

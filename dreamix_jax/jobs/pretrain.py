@@ -42,14 +42,15 @@ class ShapesSource:
   """The moving-shapes train split rendered on demand at the top resolution of the toy world:
   `source[i]` = {'video': (32, 48, 80, 3) float32, 'caption': str}."""
 
-  def __init__(self, seed: int, size: int, split: str = "train"):
+  def __init__(self, seed: int, size: int, split: str = "train", vocabulary=None):
     self.seed, self.size, self.split = seed, size, split
+    self.vocabulary = shapes.restricted(vocabulary)  # checked here, before anything is written
 
   def __len__(self):
     return self.size
 
   def __getitem__(self, index):
-    attrs = shapes.clip_attributes(self.seed, self.split, int(index))
+    attrs = shapes.clip_attributes(self.seed, self.split, int(index), self.vocabulary)
     return {"attrs": attrs, "caption": shapes.caption(attrs)}
 
   @staticmethod
@@ -81,7 +82,8 @@ class TfdsSource:
 
 def make_source(config):
   if config.data.source == "moving_shapes":
-    return ShapesSource(config.data.seed, config.data.size)
+    return ShapesSource(config.data.seed, config.data.size,
+                        vocabulary=dict(config.data.get("vocabulary", {})))
   if config.data.source == "tfds":
     return TfdsSource(config.data.tfds_name, config.data.tfds_dir)
   raise ValueError(f"data.source {config.data.source!r} must be 'moving_shapes' or 'tfds'.")
@@ -190,7 +192,10 @@ def run(config, workdir: str):
   embedder = common.make_embedder(config, cascade)
   apply = cascade.denoiser(stage)
   loss_fn = losses.make_stage_loss(apply, stage, cascade.schedule, weighting=config.weighting,
-                                   logsnr_shift=config.logsnr_shift)
+                                   logsnr_shift=config.logsnr_shift,
+                                   logsnr_mixture=(config.logsnr_mixture.share,
+                                                   config.logsnr_mixture.low,
+                                                   config.logsnr_mixture.high))
 
   def train_loss(params, batch, rng):
     return loss_fn(params, batch, rng).mean(), {}

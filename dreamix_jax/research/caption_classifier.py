@@ -148,7 +148,9 @@ def run_benchmark(config, workdir: str, *, cascade, params, embedder, timer) -> 
   if not logsnrs:
     raise ValueError("classifier.logsnrs is empty; give the log-SNRs to noise at, e.g. "
                      "'(-6,-4,-2,0,2)'.")
-  targets = [shapes.clip_attributes(cfg.data_seed, "test", i) for i in range(cfg.num_clips)]
+  vocabulary = dict(config.get("vocabulary", {}))  # a restricted world's test clips
+  targets = [shapes.clip_attributes(cfg.data_seed, "test", i, vocabulary)
+             for i in range(cfg.num_clips)]
   base = cascade.stages[0]
   with timer("classify"):
     errors_fn = functools.partial(denoising_errors, base, params[base.name])

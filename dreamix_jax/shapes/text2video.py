@@ -37,12 +37,13 @@ SUMMARY_COLUMNS = ("attribute", "samples", "found")
 GRID_SAMPLES = 16
 
 
-def test_captions(num_captions: int, data_seed: int) -> list[shapes.Attributes]:
+def test_captions(num_captions: int, data_seed: int,
+                  vocabulary=None) -> list[shapes.Attributes]:
   """The captioned attributes of the first `num_captions` test-split clips built with
-  `data_seed`."""
+  `data_seed` (of the world restricted to `vocabulary`, `shapes.restricted`)."""
   if num_captions < 1:
     raise ValueError(f"text2video.num_captions must be at least 1, got {num_captions}.")
-  return [shapes.clip_attributes(data_seed, "test", i).discrete()
+  return [shapes.clip_attributes(data_seed, "test", i, vocabulary).discrete()
           for i in range(num_captions)]
 
 
@@ -148,7 +149,7 @@ def run_benchmark(config, workdir: str, *, cascade, params, embedder, timer) -> 
   """
   cfg = config.text2video
   upto = cfg.upto or cascade.names[-1]
-  targets = test_captions(cfg.num_captions, cfg.data_seed)
+  targets = test_captions(cfg.num_captions, cfg.data_seed, dict(config.get("vocabulary", {})))
   with timer("sample"):
     videos, step_reads = sample_captions(cascade, params, embedder, targets, upto=upto,
                                          batch_size=cfg.batch_size, seed=config.seed,

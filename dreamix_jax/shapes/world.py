@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -131,12 +131,31 @@ def parse_caption(text: str) -> Attributes:
                     background=match["background"], motion=motion)
 
 
-def sample_attributes(rng: np.random.Generator) -> ClipAttributes:
-  """Draws a clip uniformly over the vocabulary; the object stays inside the frame throughout."""
-  shape = SHAPES[rng.integers(len(SHAPES))]
-  color = COLORS[rng.integers(len(COLORS))]
-  background = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]
-  motion = MOTIONS[rng.integers(len(MOTIONS))]
+def restricted(vocabulary: Mapping[str, Sequence[str]] | None = None) -> dict[str, tuple]:
+  """The world's vocabularies with some attributes restricted to the given values (a restricted
+  world, e.g. only the motion varies: color=('white',), shape=('square',), background=('black',));
+  an attribute that is absent or empty keeps its whole vocabulary."""
+  out = dict(VOCABULARIES)
+  for attribute, values in (vocabulary or {}).items():
+    if attribute not in VOCABULARIES:
+      raise ValueError(f"vocabulary names {attribute!r}, not a caption attribute; use "
+                       f"{', '.join(VOCABULARIES)}.")
+    for value in values:
+      _check_choice(attribute, value, VOCABULARIES[attribute])
+    if values:
+      out[attribute] = tuple(values)
+  return out
+
+
+def sample_attributes(rng: np.random.Generator,
+                      vocabulary: Mapping[str, Sequence[str]] | None = None) -> ClipAttributes:
+  """Draws a clip uniformly over the vocabulary (`restricted(vocabulary)`: the whole world by
+  default, with the same draws); the object stays inside the frame throughout."""
+  vocab = restricted(vocabulary)
+  shape = vocab["shape"][rng.integers(len(vocab["shape"]))]
+  color = vocab["color"][rng.integers(len(vocab["color"]))]
+  background = vocab["background"][rng.integers(len(vocab["background"]))]
+  motion = vocab["motion"][rng.integers(len(vocab["motion"]))]
   size = float(rng.uniform(*SIZE_RANGE))
   dx, dy = MOTION_DIRECTION[motion]
   travel_frames = REF_FRAMES - 1
@@ -169,10 +188,11 @@ def clip_key(seed: int, split: str, index: int) -> tuple[int, int, int]:
   return (seed, SPLITS[split], index)
 
 
-def clip_attributes(seed: int, split: str, index: int) -> ClipAttributes:
+def clip_attributes(seed: int, split: str, index: int,
+                    vocabulary: Mapping[str, Sequence[str]] | None = None) -> ClipAttributes:
   """The attributes of clip `index` of `split` of the moving-shapes world built with `seed` (the
-  `moving_shapes` TFDS dataset stores exactly these clips)."""
-  return sample_attributes(np.random.default_rng(clip_key(seed, split, index)))
+  `moving_shapes` TFDS dataset stores exactly these clips), or of its restricted version."""
+  return sample_attributes(np.random.default_rng(clip_key(seed, split, index)), vocabulary)
 
 
 def _texture(seed: int, height: int, width: int) -> np.ndarray:

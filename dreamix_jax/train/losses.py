@@ -33,7 +33,8 @@ class StageLoss:
   targets; no parameters), `denoise` (params, noised, rng -> v̂ (B, T, H, W, 3), the U-Net call)
   and `score` (v̂, noised -> (B,)).
   `rng` is split in four: log-SNR, noise and conditioning augmentation (`noise`), dropout
-  (`denoise`). `logsnr_shift` moves the training log-SNRs (see `objectives.sample_logsnr`).
+  (`denoise`). `logsnr_shift` moves the training log-SNRs and `logsnr_mixture` (share, low, high)
+  draws a share of them uniformly in [low, high] (see `objectives.sample_logsnr`).
   """
 
   apply_fn: Callable
@@ -42,6 +43,7 @@ class StageLoss:
   weighting: str = "v"
   train: bool = True
   logsnr_shift: float = 0.0
+  logsnr_mixture: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
   def noise(self, batch: dict, rng) -> dict:
     """{z, logsnr, video, eps, text, text_mask, temporal_mask[, cond, cond_logsnr]}: the batch
@@ -49,7 +51,8 @@ class StageLoss:
     video = batch["video"]
     b, t = video.shape[:2]
     k_lam, k_noise, k_aug, _ = jax.random.split(rng, 4)
-    lam = objectives.sample_logsnr(k_lam, (b, t), self.schedule, shift=self.logsnr_shift)
+    lam = objectives.sample_logsnr(k_lam, (b, t), self.schedule, shift=self.logsnr_shift,
+                                   mixture=self.logsnr_mixture)
     per_frame = batch["temporal_mask"].astype(bool)[:, None]
     lam = jnp.where(per_frame, lam, lam[:, :1])
     eps = jax.random.normal(k_noise, video.shape, video.dtype)
@@ -89,10 +92,16 @@ class StageLoss:
 
 def make_stage_loss(apply_fn, stage: cascade_lib.Stage, schedule: schedules.CosineLogSNR, *,
                     weighting: str = "v", train: bool = True,
-                    logsnr_shift: float = 0.0) -> StageLoss:
+                    logsnr_shift: float = 0.0,
+                    logsnr_mixture: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> StageLoss:
   """The per-example denoising loss of `stage` (v-prediction, configurable weighting and training
   log-SNR shift; see `StageLoss`)."""
-  return StageLoss(apply_fn, stage, schedule, weighting, train, logsnr_shift)
+  share, low, high = logsnr_mixture
+  if not 0.0 <= share <= 1.0 or (share > 0 and low >= high):
+    raise ValueError(f"logsnr_mixture (share, low, high) = {tuple(logsnr_mixture)} needs a share in "
+                     "[0, 1] and low < high.")
+  return StageLoss(apply_fn, stage, schedule, weighting, train, logsnr_shift,
+                   (float(share), float(low), float(high)))
 
 
 def upsampled_condition(stage: cascade_lib.Stage, batch: dict):

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The direction-of-motion A/B on the motion-only moving-shapes world (a white square on black, only
+# the motion varies): one arm, a small base stage (channels 16, ~0.55M parameters) trained from
+# scratch, batch 8, same seeds in every arm; resumable (run it again to continue), checkpointing
+# every 250 steps. Then score it with launch/cpu/motion_ab_eval.sh.
+#
+#   bash launch/cpu/motion_ab.sh ARM STEPS [WORKROOT=runs/motion_ab]
+#
+# Arms (docs/motion_direction.md):
+#   control  the shipped architecture
+#   S        control + a training log-SNR mixture (40% of draws uniform in [-8, -3]), no image sets
+#   a        control + coordinate channels (x, y, t) at the stem
+#   ab       a + a residual 3x3x3 space-time convolution after every block of the two top levels (0 and 1)
+#   abS      ab + S
+set -euo pipefail
+arm=${1:?usage: motion_ab.sh ARM STEPS [WORKROOT]}
+steps=${2:?usage: motion_ab.sh ARM STEPS [WORKROOT]}
+root=${3:-runs/motion_ab}
+b=--config.cascade.stages.base.backbone
+flags=("$b.channels=16" "$b.head_dim=16")
+signal=(--config.logsnr_mixture.share=0.4 --config.data.image_fraction=0.0)
+coords=("$b.coord_channels=True" "$b.coord_time=True")
+case "$arm" in
+  control) ;;
+  S) flags+=("${signal[@]}") ;;
+  a) flags+=("${coords[@]}") ;;
+  ab) flags+=("${coords[@]}" "$b.spacetime_conv_levels=(0,1)") ;;
+  abS) flags+=("${coords[@]}" "$b.spacetime_conv_levels=(0,1)" "${signal[@]}") ;;
+  *) echo "error: unknown arm '$arm'; use control, S, a, ab or abS." >&2; exit 2 ;;
+esac
+exec python -m dreamix_jax.main --config=configs/pretrain.py:stage=base,batch=8,world=motion \
+  --workdir="$root/$arm" --config.init_from= --config.steps="$steps" \
+  --config.checkpoint_every=250 --config.log_every=25 --config.sample_every=0 "${flags[@]}"

@@ -4,7 +4,10 @@
 # scratch, batch 8, same seeds in every arm; resumable (run it again to continue), checkpointing
 # every 250 steps. Then score it with launch/cpu/motion_ab_eval.sh.
 #
-#   bash launch/cpu/motion_ab.sh ARM STEPS [WORKROOT=runs/motion_ab]
+#   bash launch/cpu/motion_ab.sh ARM STEPS [WORKROOT=runs/motion_ab] [INIT_FROM]
+#
+# INIT_FROM: a cascade directory to continue from on a machine without the arm's orbax state, e.g.
+# the committed checkpoints/motion_ab/ARM (EMA weights and their step; the optimizer restarts).
 #
 # Arms (docs/motion_direction.md):
 #   control  the shipped architecture
@@ -16,6 +19,7 @@ set -euo pipefail
 arm=${1:?usage: motion_ab.sh ARM STEPS [WORKROOT]}
 steps=${2:?usage: motion_ab.sh ARM STEPS [WORKROOT]}
 root=${3:-runs/motion_ab}
+init_from=${4:-}
 b=--config.cascade.stages.base.backbone
 flags=("$b.channels=16" "$b.head_dim=16")
 signal=(--config.logsnr_mixture.share=0.4 --config.data.image_fraction=0.0)
@@ -29,5 +33,5 @@ case "$arm" in
   *) echo "error: unknown arm '$arm'; use control, S, a, ab or abS." >&2; exit 2 ;;
 esac
 exec python -m dreamix_jax.main --config=configs/pretrain.py:stage=base,batch=8,world=motion \
-  --workdir="$root/$arm" --config.init_from= --config.steps="$steps" \
+  --workdir="$root/$arm" --config.init_from="$init_from" --config.steps="$steps" \
   --config.checkpoint_every=250 --config.log_every=25 --config.sample_every=0 "${flags[@]}"

@@ -15,6 +15,10 @@ out(v(norm(x))) (no queries, keys or softmax) and the U-Net skips the temporal c
 
 Parameters carry logical axis names (`nn.with_logical_partitioning`) that `dreamix_jax.parallel` maps to
 mesh axes: 'embed' (a layer's input channels), 'mlp' (its output channels), 'heads' (attention heads).
+
+Just over 400 lines: every block the U-Net is assembled from, which share the fold helpers and the
+frame-mask conventions above, stays in one module; the optional direction-of-motion layers are in
+`spacetime_layers.py`.
 """
 
 from __future__ import annotations

@@ -309,14 +309,18 @@ class Cascade:
       return fn(params, text, text_mask, k_sample, z_start, jnp.float32(t_start), None, null)
     if low is None:
       raise ValueError(f"SR stage {stage.name!r} needs the previous stage's output `low`.")
+    # The starting noise is drawn once for the whole output and sliced, so chunking changes only
+    # what the temporal layers see, never the noise a frame starts from.
+    k_noise, k_sample = jax.random.split(rng)
+    per_input = stage.frames_per_input()
+    z_all = jax.random.normal(k_noise, (b, low.shape[1] * per_input, h, w, c))
     chunk = stage.chunk_frames or low.shape[1]
     outs = []
     for i, start in enumerate(range(0, low.shape[1], chunk)):
       piece = low[:, start:start + chunk]
-      k_noise, k_sample = jax.random.split(jax.random.fold_in(rng, i))
-      out_frames = piece.shape[1] * stage.frames_per_input()
-      z = jax.random.normal(k_noise, (piece.shape[0], out_frames, h, w, c))
-      outs.append(fn(params, text, text_mask, k_sample, z, jnp.float32(1.0), piece, null))
+      z = z_all[:, start * per_input:(start + piece.shape[1]) * per_input]
+      outs.append(fn(params, text, text_mask, jax.random.fold_in(k_sample, i), z, jnp.float32(1.0),
+                     piece, null))
     return jnp.concatenate(outs, axis=1)
 
   def sample(self, params: Mapping, text, text_mask, rng, *, base_start=None, t_start=1.0,

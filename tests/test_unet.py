@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -131,9 +132,20 @@ def test_fresh_temporal_layers_are_identity(base, fresh_params, inputs):
 
 
 def test_parameter_count_exact_and_abstract_matches(fresh_params):
+  """Pinned counts: the stem and head by hand (3x3 convolutions 3 -> 8 and 8 -> 3 channels with
+  biases; LayerNorm/GroupNorm scale and bias), the total as built today (a change to the
+  architecture's size must show here), and the abstract (shape-only) tree agrees leaf by leaf."""
   abstract = unet_abstract(BASE, frames=T, height=H, width=W, text_len=L, text_dim=D)
-  concrete = fresh_params
-  assert backbone_base.count_params(abstract) == backbone_base.count_params(concrete)
+  count = backbone_base.count_params
+  assert count(fresh_params["stem"]) == 3 * 3 * 3 * 8 + 8
+  assert count(fresh_params["out"]) == 3 * 3 * 8 * 3 + 3
+  assert count(fresh_params["out_norm"]) == 2 * 8
+  assert count(fresh_params["text_norm"]) == 2 * D
+  assert count(fresh_params) == 39_911
+  shapes = lambda tree: jax.tree_util.tree_map(lambda x: tuple(x.shape), nn.unbox(tree))
+  assert shapes(abstract) == shapes(fresh_params)
+
+
 def test_bad_shapes_and_config_errors():
   with pytest.raises(ValueError, match="divisible"):
     unet_init(BASE, jax.random.PRNGKey(0), frames=2, height=7, width=16, text_len=L,

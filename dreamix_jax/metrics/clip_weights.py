@@ -1,9 +1,9 @@
 """Hugging Face CLIP weights into `metrics.clip_model.ClipModel` variables.
 
 A local Hugging Face CLIP directory (`config.json`, `model.safetensors` or sharded safetensors with
-an index, read by `dreamix_jax.weight_files`) loads through an explicit name map: each Hugging Face tensor maps to one Flax parameter
-path and a transform (PyTorch linear weights (out, in) become Flax kernels (in, out), convolutions
-(O, I, kh, kw) become (kh, kw, I, O)). Any missing, unexpected or mis-shaped tensor is an error that
+an index, read by `dreamix_jax.weight_files`) loads through an explicit name map: each Hugging Face
+tensor maps to one Flax parameter path and a transform (PyTorch linear weights (out, in) become
+Flax kernels (in, out), convolutions (O, I, kh, kw) become (kh, kw, I, O)). Any missing, unexpected or mis-shaped tensor is an error that
 names it. transformers is needed only to read `config.json`.
 """
 

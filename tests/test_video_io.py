@@ -413,3 +413,13 @@ def test_input_errors(tmp_path, long_mp4):
     video.read_image(long_mp4, 8, 8)
   with pytest.raises(ValueError, match="start_seconds needs fps"):
     video.read_video(long_mp4, 4, 8, 8, start_seconds=1.0)
+
+
+def test_huge_image_is_a_clear_error(tmp_path, monkeypatch):
+  """Pillow refuses images over twice MAX_IMAGE_PIXELS (a decompression bomb); lowered here so a
+  64×64 image counts as one."""
+  path = tmp_path / "huge.png"
+  Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(path)
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+  with pytest.raises(video.VideoInputError, match="too large to decode safely.*downscale it"):
+    video.read_image(str(path), 16, 16)

@@ -4,14 +4,16 @@ The config (locked: a misspelt field is an error; any field can be overridden, e
 `--config.finetune.steps=300`) names the job in `config.job`; each job is a plain
 `run(config, workdir)` function, found through the registry in `dreamix_jax.jobs`.
 
-Exit codes: 0 done; 2 bad input or config (one line on stderr saying what is wrong and what to do);
-3 training stopped on a non-finite loss (the last good checkpoint is kept);
+Exit codes: 0 done; 2 bad input or config, or a file system that refuses a write (full disk, quota,
+permissions, read-only): one line on stderr saying what is wrong and what to do; 1 anything else
+(a bug: a traceback); 3 training stopped on a non-finite loss (the last good checkpoint is kept);
 `preemption.EXIT_CODE` (75) preempted by SIGTERM/SIGINT after saving a checkpoint: re-run the same
 command to resume.
 """
 
 from __future__ import annotations
 
+import errno
 import sys
 
 from absl import app
@@ -21,6 +23,21 @@ from ml_collections import config_flags
 
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
+
+# errno of a file-system failure the user can fix -> (what happened, how to fix it).
+_FIX_WORKDIR = "or give a --workdir elsewhere, then re-run the same command (it resumes)"
+USER_OS_ERRORS = {
+    errno.ENOSPC: ("no space left on the device", f"free space there {_FIX_WORKDIR}"),
+    errno.EDQUOT: ("disk quota exceeded", f"free space within your quota {_FIX_WORKDIR}"),
+    errno.EACCES: ("permission denied", f"make it accessible to this user {_FIX_WORKDIR}"),
+    errno.EPERM: ("operation not permitted", f"make it accessible to this user {_FIX_WORKDIR}"),
+    errno.EROFS: ("read-only file system", f"mount it writable {_FIX_WORKDIR}"),
+    errno.EIO: ("input/output error reading or writing a file",
+                "check the disk (or network file system) and copy the file anew"),
+    errno.ENAMETOOLONG: ("file name too long", "choose shorter names or a shorter --workdir"),
+    errno.ENOTDIR: ("a path component is a file, not a folder", "fix the path"),
+    errno.EISDIR: ("a folder where a file is expected", "give the path of a file"),
+}
 
 
 def main(argv):
@@ -46,7 +63,29 @@ def main(argv):
     _exit(f"error: {e}", EXIT_NONFINITE)
   except (ValueError, FileNotFoundError, FileExistsError) as e:
     # Bad input: one clear message instead of a traceback.
-    _exit(f"error: {e}", EXIT_BAD_INPUT)
+    _exit(f"error: {one_line(e)}", EXIT_BAD_INPUT)
+  except OSError as e:
+    message = user_os_error(e)
+    if message is None:
+      raise  # not the user's to fix: exit 1 with the traceback
+    _exit(message, EXIT_BAD_INPUT)
+
+
+def one_line(error: BaseException) -> str:
+  """The error's message on one line (multi-line messages, e.g. lists of mismatched tensors, are
+  joined with '; ')."""
+  return "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
+def user_os_error(error: OSError) -> str | None:
+  """'error: <what> (<path>): <how to fix>' for a file-system failure the user can fix (its errno
+  in `USER_OS_ERRORS`), else None."""
+  if error.errno not in USER_OS_ERRORS:
+    return None
+  what, fix = USER_OS_ERRORS[error.errno]
+  paths = [p for p in (error.filename, error.filename2) if p is not None]
+  where = f" ({', '.join(map(str, paths))})" if paths else ""
+  return f"error: {what}{where}: {fix}."
 
 
 def parse_flags(argv: list[str]) -> list[str]:

@@ -1,5 +1,6 @@
 """Tests for dreamix_jax.data.outputs (writers) and dreamix_jax.data.video (readers)."""
 
+import errno
 import json
 import os
 import subprocess
@@ -93,24 +94,38 @@ def test_write_gif_round_trip_is_exact_on_few_colours(tmp_path):
   assert _no_temporaries(tmp_path)
 
 
+def _failing_ffmpeg(folder, message):
+  """An executable standing in for ffmpeg: it reads all the frames, writes a partial file to its
+  output (the last argument), prints `message` on stderr and exits 1, as ffmpeg does when the disk
+  fills during a write."""
+  script = folder / "ffmpeg_that_fails"
+  script.write_text("#!/bin/sh\ncat > /dev/null\nfor last; do :; done\n"
+                    f"printf partial > \"$last\"\necho '{message}' >&2\nexit 1\n")
+  script.chmod(0o755)
+  return str(script)
+
+
 def test_writers_are_atomic_on_failure(tmp_path, monkeypatch):
   path = tmp_path / "out.mp4"
   outputs.write_mp4(path, _smooth_video(2, 24, 40), fps=8)
   before = path.read_bytes()
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
 
-  def failing_writer(temporary, *args, **kwargs):
-    with open(temporary, "wb") as f:
-      f.write(b"partial")
-    raise OSError("simulated encoder crash")
-    yield  # pylint: disable=unreachable
-
-  monkeypatch.setattr(imageio_ffmpeg, "write_frames", failing_writer)
-  with pytest.raises(OSError, match="simulated"):
+  # ffmpeg exits 1 after writing part of the file: an OSError with its message, nothing renamed.
+  monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", _failing_ffmpeg(bin_dir, "Conversion failed!"))
+  with pytest.raises(OSError, match="status 1.*Conversion failed!") as info:
     outputs.write_mp4(path, _smooth_video(2, 24, 40), fps=8)
+  assert info.value.errno is None
   assert path.read_bytes() == before  # the earlier output is untouched
-  with pytest.raises(OSError, match="simulated"):
+  # A full disk is reported as one (ENOSPC), naming the destination.
+  monkeypatch.setenv("IMAGEIO_FFMPEG_EXE", _failing_ffmpeg(
+      bin_dir, "[out#0/mp4] Error writing trailer: No space left on device"))
+  with pytest.raises(OSError, match="No space left on device") as info:
     outputs.write_mp4(tmp_path / "new.mp4", _smooth_video(2, 24, 40), fps=8)
+  assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path / "new.mp4")
   assert not (tmp_path / "new.mp4").exists()
+  monkeypatch.delenv("IMAGEIO_FFMPEG_EXE")
 
   def failing_save(self, *args, **kwargs):
     raise OSError("simulated disk full")
@@ -120,7 +135,7 @@ def test_writers_are_atomic_on_failure(tmp_path, monkeypatch):
     outputs.write_gif(tmp_path / "new.gif", _smooth_video(2, 24, 40), fps=8)
   with pytest.raises(OSError, match="disk full"):
     outputs.write_comparison_png(tmp_path / "new.png", [_smooth_video(2, 24, 40)])
-  assert sorted(os.listdir(tmp_path)) == ["out.mp4"]
+  assert sorted(os.listdir(tmp_path)) == ["bin", "out.mp4"]
 
 
 def test_comparison_png_layout(tmp_path):
@@ -398,3 +413,13 @@ def test_input_errors(tmp_path, long_mp4):
     video.read_image(long_mp4, 8, 8)
   with pytest.raises(ValueError, match="start_seconds needs fps"):
     video.read_video(long_mp4, 4, 8, 8, start_seconds=1.0)
+
+
+def test_huge_image_is_a_clear_error(tmp_path, monkeypatch):
+  """Pillow refuses images over twice MAX_IMAGE_PIXELS (a decompression bomb); lowered here so a
+  64×64 image counts as one."""
+  path = tmp_path / "huge.png"
+  Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(path)
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+  with pytest.raises(video.VideoInputError, match="too large to decode safely.*downscale it"):
+    video.read_image(str(path), 16, 16)

@@ -12,10 +12,13 @@ clipped) or uint8.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fractions
 import json
 import math
 import os
 import pathlib
+import subprocess
 import tempfile
 from typing import Any, Iterator, Sequence
 
@@ -87,9 +90,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     yield temporary
     os.chmod(temporary, 0o644)  # mkstemp makes 0600 files; outputs are ordinary readable files
     os.replace(temporary, destination)
-  except BaseException:
+  except BaseException as e:
     with contextlib.suppress(FileNotFoundError):
       os.remove(temporary)
+    if isinstance(e, OSError) and e.filename == temporary:
+      e.filename = str(destination)  # name what the user asked for, not our vanished temporary
     raise
 
 
@@ -104,23 +109,45 @@ def write_mp4(path: str | os.PathLike, video: Any, fps: float) -> None:
     path: destination, normally ending in `.mp4`.
     video: `(T, H, W, 3)` float in `[-1, 1]` or uint8.
     fps: frame rate stored in the file.
+
+  Raises:
+    OSError: ffmpeg failed (its last message in the text; the errno set when it names a file-system
+      failure such as a full disk). Nothing is left at `path` but what was there before.
   """
   import imageio_ffmpeg  # here, not at the top: training jobs import this module but write no mp4
   frames = _video_uint8(video, "The video for write_mp4")
   fps = _check_fps(fps)
   _, height, width, _ = frames.shape
   frames = np.pad(frames, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+  # The command imageio_ffmpeg.write_frames builds, run here because write_frames neither checks
+  # ffmpeg's exit status (a full disk left a broken mp4) nor captures its messages.
+  command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-f", "rawvideo", "-vcodec", "rawvideo",
+             "-s", f"{frames.shape[2]}x{frames.shape[1]}", "-pix_fmt", "rgb24",
+             "-r", str(fractions.Fraction(fps).limit_denominator()), "-i", "-", "-an",
+             "-vcodec", "libx264", "-pix_fmt", "yuv420p", "-v", "error",
+             "-crf", str(_X264_CRF), "-movflags", "+faststart"]
   with atomic_path(path) as temporary:
-    writer = imageio_ffmpeg.write_frames(
-        temporary, (frames.shape[2], frames.shape[1]), fps=fps, codec="libx264", quality=None,
-        macro_block_size=1, ffmpeg_log_level="error",
-        output_params=["-crf", str(_X264_CRF), "-movflags", "+faststart"])
-    writer.send(None)
-    try:
-      for frame in frames:
-        writer.send(np.ascontiguousarray(frame))
-    finally:
-      writer.close()
+    result = subprocess.run(command + [temporary], check=False, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE,
+                            input=memoryview(np.ascontiguousarray(frames)).cast("B"))
+    if result.returncode != 0:
+      raise _ffmpeg_error(result.returncode, result.stderr.decode(errors="replace"), str(path))
+
+
+# Failures of the file system that ffmpeg reports by their strerror text.
+_OS_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO)
+
+
+def _ffmpeg_error(status: int, stderr: str, path: str) -> OSError:
+  """The OSError for an ffmpeg run writing `path` that exited with `status`: with the errno of a
+  file-system failure named in its `stderr` (e.g. ENOSPC for 'No space left on device'), so that
+  `main` reports it as the user's to fix; without one otherwise (a bug or a broken ffmpeg)."""
+  lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+  detail = lines[-1] if lines else "no message"
+  for code in _OS_ERRORS:
+    if os.strerror(code) in stderr:
+      return OSError(code, f"{os.strerror(code)} (ffmpeg: {detail})", path)
+  return OSError(f"ffmpeg exited with status {status} while writing {path}: {detail}")
 
 
 def write_gif(path: str | os.PathLike, video: Any, fps: float) -> None:

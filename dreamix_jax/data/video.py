@@ -50,9 +50,10 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", "
 _ACCEPTED_VIDEOS = ", ".join(VIDEO_EXTENSIONS + GIF_EXTENSIONS) + ", or a folder of frames"
 _ACCEPTED_IMAGES = ", ".join(IMAGE_EXTENSIONS)
 
-# What Pillow raises on truncated or damaged files (a "broken PNG" is a SyntaxError).
+# What Pillow raises on truncated or damaged files (a "broken PNG" is a SyntaxError), and on an
+# image so large that decoding it could exhaust memory (a "decompression bomb").
 _DAMAGED = (UnidentifiedImageError, OSError, IndexError, EOFError, ValueError, SyntaxError,
-            struct.error)
+            struct.error, Image.DecompressionBombError)
 # Timestamps within this many seconds count as equal (far below any frame period).
 _TIME_TOLERANCE = 1e-6
 # Browsers play gif delays of 10 ms or less at 100 ms; so do we.
@@ -228,6 +229,9 @@ def _open_image(path: str) -> Image.Image:
     with Image.open(path) as image:
       image.load()
       return ImageOps.exif_transpose(image)
+  except Image.DecompressionBombError as error:
+    raise VideoInputError(f"{path!r} is too large to decode safely ({error}); downscale it, e.g. "
+                          "`ffmpeg -i <in> -vf scale=1920:-2 <out>.png`.") from error
   except _DAMAGED as error:
     description = _describe_file(path)
     if description.endswith("image"):

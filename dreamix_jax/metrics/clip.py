@@ -76,7 +76,7 @@ class ClipScorer:
     import transformers  # pylint: disable=g-import-not-at-top  (heavy; only needed to load)
 
     self.model, self.variables = clip_weights.load_clip(clip_dir)
-    self.tokenizer = transformers.AutoTokenizer.from_pretrained(clip_dir)
+    self.tokenizer = transformers.AutoTokenizer.from_pretrained(clip_dir, local_files_only=True)
     self.preprocessing = ImagePreprocessing.from_dir(clip_dir, self.model.config.image_size)
     self.target_fps = target_fps
     self.max_frames = max_frames

@@ -1,23 +1,22 @@
 """Hugging Face CLIP weights into `metrics.clip_model.ClipModel` variables.
 
 A local Hugging Face CLIP directory (`config.json`, `model.safetensors` or sharded safetensors with
-an index) loads through an explicit name map: each Hugging Face tensor maps to one Flax parameter
-path and a transform (PyTorch linear weights (out, in) become Flax kernels (in, out), convolutions
-(O, I, kh, kw) become (kh, kw, I, O)). Any missing, unexpected or mis-shaped tensor is an error that
+an index, read by `dreamix_jax.weight_files`) loads through an explicit name map: each Hugging Face
+tensor maps to one Flax parameter path and a transform (PyTorch linear weights (out, in) become
+Flax kernels (in, out), convolutions (O, I, kh, kw) become (kh, kw, I, O)). Any missing, unexpected or mis-shaped tensor is an error that
 names it. transformers is needed only to read `config.json`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import safetensors
 
+from dreamix_jax import weight_files as weight_io
 from dreamix_jax.metrics import clip_model
 
 # Buffers that older Hugging Face checkpoints saved; they carry no learned values.
@@ -126,27 +125,17 @@ def _lookup(tree: Mapping[str, Any], path: Sequence[str]) -> Any:
 
 
 def load_safetensors_dir(model_dir: str) -> dict[str, np.ndarray]:
-  """Reads `model.safetensors`, or the shards named by `model.safetensors.index.json`."""
-  single = os.path.join(model_dir, "model.safetensors")
-  index = os.path.join(model_dir, "model.safetensors.index.json")
-  if os.path.exists(single):
-    files = [single]
-  elif os.path.exists(index):
-    with open(index) as f:
-      weight_map = json.load(f)["weight_map"]
-    files = [os.path.join(model_dir, name) for name in sorted(set(weight_map.values()))]
-  else:
-    raise FileNotFoundError(f"No model.safetensors or model.safetensors.index.json in "
-                            f"{model_dir}; save the model with `save_pretrained(..., "
-                            "safe_serialization=True)`.")
-  tensors = {}
-  for path in files:
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"Safetensors shard {path} listed in {index} does not exist.")
-    with safetensors.safe_open(path, framework="numpy") as f:
-      for name in f.keys():
-        tensors[name] = f.get_tensor(name)
-  return tensors
+  """Reads `model.safetensors`, or the shards named by `model.safetensors.index.json` (each kept
+  inside `model_dir`); every tensor must be a float (F32, F16, BF16 or F64), returned as float32."""
+  files = weight_io.find(model_dir, ("model",))
+  if not all(f.endswith(".safetensors") for f in files):
+    raise weight_io.MissingWeightsError(
+        f"No model.safetensors or model.safetensors.index.json in {model_dir}; save the model with "
+        "`save_pretrained(..., safe_serialization=True)`.")
+  weights = weight_io.Weights(files)
+  weights.check_float(set(weights.infos) - set(_IGNORED_TENSORS), model_dir)
+  return {name: weights.read(name, None if name in _IGNORED_TENSORS else np.float32)
+          for name in weights.infos}
 
 
 def load_clip(model_dir: str) -> tuple[clip_model.ClipModel, dict[str, Any]]:

@@ -26,9 +26,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import safetensors
-import safetensors.numpy
 
+from dreamix_jax import weight_files as weight_io
+from dreamix_jax.data import outputs
 from dreamix_jax.metrics import frames as frames_lib
 
 _PRECISION = jax.lax.Precision.HIGHEST
@@ -242,19 +242,15 @@ def infer_net(backbone: Mapping[str, np.ndarray]) -> str:
 
 
 def load_torch_state_dict(path: str) -> dict[str, np.ndarray]:
-  """Reads a PyTorch state dict file with `torch.load(weights_only=True)` onto the CPU."""
+  """Reads a PyTorch state dict file with `torch.load(weights_only=True)` onto the CPU (through
+  `weight_files.torch_state_dict`: torch >= 2.6 only); name -> float32 array."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"No PyTorch weights file at {path}.")
-  try:
-    import torch  # pylint: disable=g-import-not-at-top  (optional dependency)
-  except ImportError as e:
-    raise ImportError(f"Reading {path} needs PyTorch; install torch, or convert the weights once "
-                      "with `python -m dreamix_jax.tools.convert_lpips` and load the "
-                      "safetensors file.") from e
-  state = torch.load(path, map_location="cpu", weights_only=True)
-  if not isinstance(state, Mapping):
-    raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict.")
-  return {name: tensor.detach().float().numpy() for name, tensor in state.items()}
+  state = weight_io.torch_state_dict(
+      path, mmap=False, how_to_convert="convert the weights once with `python -m "
+      "dreamix_jax.tools.convert_lpips` and load the safetensors file")
+  return {name: weight_io.torch_to_numpy(tensor).astype(np.float32)
+          for name, tensor in state.items()}
 
 
 _FORMAT = "dreamix_jax.lpips"
@@ -272,9 +268,8 @@ def save_converted(path: str, net: str, backbone: Mapping[str, np.ndarray],
   sources = {"backbone": backbone, "heads": heads}
   tensors = {f"{source}.{name}": np.ascontiguousarray(sources[source][name], dtype=np.float32)
              for name, (source, _, _) in specs.items()}
-  tmp = f"{path}.tmp-{os.getpid()}"
-  safetensors.numpy.save_file(tensors, tmp, metadata={"format": _FORMAT, "net": net})
-  os.replace(tmp, path)
+  with outputs.atomic_path(path) as tmp:
+    weight_io.save_safetensors(tmp, tensors, {"format": _FORMAT, "net": net})
 
 
 def load_converted(path: str) -> tuple[str, dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -283,16 +278,15 @@ def load_converted(path: str) -> tuple[str, dict[str, np.ndarray], dict[str, np.
     raise FileNotFoundError(f"No converted LPIPS weights at {path}; create them with "
                             "`python -m dreamix_jax.tools.convert_lpips`.")
   parts: dict[str, dict[str, np.ndarray]] = {"backbone": {}, "heads": {}}
-  with safetensors.safe_open(path, framework="numpy") as f:
-    metadata = f.metadata() or {}
-    if metadata.get("format") != _FORMAT or "net" not in metadata:
-      raise ValueError(f"{path} is not an LPIPS file written by dreamix_jax.tools.convert_lpips "
-                       f"(metadata {json.dumps(metadata)}).")
-    for name in f.keys():
-      source, _, torch_name = name.partition(".")
-      if source not in parts:
-        raise ValueError(f"{path}: tensor {name} is neither backbone.* nor heads.*.")
-      parts[source][torch_name] = f.get_tensor(name)
+  tensors, metadata = weight_io.read_safetensors(path)
+  if metadata.get("format") != _FORMAT or "net" not in metadata:
+    raise ValueError(f"{path} is not an LPIPS file written by dreamix_jax.tools.convert_lpips "
+                     f"(metadata {json.dumps(metadata)}).")
+  for name, tensor in tensors.items():
+    source, _, torch_name = name.partition(".")
+    if source not in parts:
+      raise ValueError(f"{path}: tensor {name} is neither backbone.* nor heads.*.")
+    parts[source][torch_name] = tensor
   return metadata["net"], parts["backbone"], parts["heads"]
 
 

@@ -1,10 +1,12 @@
 """Import T5 v1.1 encoder weights from a local Hugging Face directory into `T5Encoder` params.
 
 Reads `config.json` and `model.safetensors`, or shards listed in `model.safetensors.index.json`
-(float32, bfloat16 or float16), streaming: every tensor is read, converted and placed on its devices
-one at a time, so host memory never holds a second copy of the model (files are memory-mapped and
-closed after each tensor). `pytorch_model.bin` (and its sharded index) is read only through
-`torch.load(weights_only=True)` when torch is installed; no pickle is ever executed otherwise.
+(float32, bfloat16 or float16), streaming through `dreamix_jax.weight_files`: every tensor is read,
+converted and placed on its devices one at a time, so host memory never holds a second copy of the
+model. `pytorch_model.bin` (and its sharded index) is read only through
+`torch.load(weights_only=True)` with torch >= 2.6; no pickle is ever executed otherwise. A shard
+named outside the folder, a truncated or corrupt file, or a non-float tensor is a ValueError naming
+it.
 
 The name map is explicit: each Hugging Face tensor name maps to one Flax parameter path and a
 layout (PyTorch `nn.Linear` weights are (out, in) and are transposed to Flax (in, out) kernels).
@@ -19,34 +21,28 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Any, Callable, Iterator, Union
 
 import flax.traverse_util
 import jax
 import jax.numpy as jnp
-import numpy as np
-import safetensors
 
+from dreamix_jax import weight_files as weight_io
 from dreamix_jax.text import t5
 
-# Param path (tuple of names) -> Sharding, a single Sharding for all, or a pytree of Shardings.
-ShardingSpec = Union[jax.sharding.Sharding, Callable[[tuple[str, ...]], jax.sharding.Sharding],
-                     dict, None]
+ShardingSpec = weight_io.ShardingSpec
 
 CONFIG_FILE = "config.json"
-SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
-TORCH_FILE = "pytorch_model.bin"
 TORCH_INDEX = "pytorch_model.bin.index.json"
 EMBEDDING_NAMES = ("shared.weight", "encoder.embed_tokens.weight")
 IGNORED_PREFIXES = ("decoder.", "lm_head.")
-_SUPPORTED_DTYPES = ("F32", "BF16", "F16")  # safetensors dtype names
 
 
 def _require_dir(t5_dir: str) -> None:
   if not os.path.isdir(t5_dir):
-    raise FileNotFoundError(f"T5 directory {t5_dir!r} does not exist; pass the local directory "
-                            "holding config.json and the *.safetensors weights of a T5 v1.1 model.")
+    raise weight_io.MissingWeightsError(
+        f"T5 directory {t5_dir!r} does not exist; pass the local directory holding config.json "
+        "and the *.safetensors weights of a T5 v1.1 model.")
 
 
 def load_t5_config(t5_dir: str, *, dtype: str = "float32",
@@ -103,23 +99,11 @@ def hf_name_map(config: t5.T5Config) -> dict[str, _Target]:
 
 
 def weight_files(t5_dir: str) -> list[str]:
-  """Names of the weight files of `t5_dir` (sharded or not), checking every one exists."""
+  """Names (relative to `t5_dir`) of its weight files, sharded or not, checking every one exists
+  and stays inside the folder."""
   _require_dir(t5_dir)
-  for index_name in (SAFETENSORS_INDEX, TORCH_INDEX):
-    index_path = os.path.join(t5_dir, index_name)
-    if os.path.isfile(index_path):
-      with open(index_path) as f:
-        files = sorted(set(json.load(f)["weight_map"].values()))
-      for name in files:
-        if not os.path.isfile(os.path.join(t5_dir, name)):
-          raise FileNotFoundError(f"Shard {name!r} listed in {index_path} is missing from "
-                                  f"{t5_dir}; download the complete checkpoint.")
-      return files
-  for name in (SAFETENSORS_FILE, TORCH_FILE):
-    if os.path.isfile(os.path.join(t5_dir, name)):
-      return [name]
-  raise FileNotFoundError(f"No weights in {t5_dir}: expected {SAFETENSORS_FILE}, "
-                          f"{SAFETENSORS_INDEX} with its shards, or {TORCH_FILE}.")
+  return [os.path.relpath(path, t5_dir)
+          for path in weight_io.find(t5_dir, ("model", "pytorch_model"))]
 
 
 def weights_fingerprint(t5_dir: str) -> str:
@@ -139,42 +123,6 @@ def weights_fingerprint(t5_dir: str) -> str:
   for name in files:
     digest.update(f"{name}\0{os.path.getsize(os.path.join(t5_dir, name))}\0".encode())
   return digest.hexdigest()
-
-
-@dataclasses.dataclass(frozen=True)
-class _TensorInfo:
-  file: str
-  shape: tuple[int, ...]
-  dtype: str
-
-
-def _safetensors_headers(path: str) -> Iterator[tuple[str, _TensorInfo]]:
-  with safetensors.safe_open(path, framework="numpy") as f:
-    for name in f.keys():
-      tensor = f.get_slice(name)
-      yield name, _TensorInfo(path, tuple(tensor.get_shape()), tensor.get_dtype())
-
-
-def _read_safetensor(info: _TensorInfo, name: str) -> np.ndarray:
-  # Opening per tensor drops the memory map of what was read before, keeping host RSS at one tensor.
-  with safetensors.safe_open(info.file, framework="numpy") as f:
-    return f.get_tensor(name)
-
-
-def _torch_state_dict(path: str) -> dict:
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(f"{path} is a PyTorch checkpoint and torch is not installed; install torch "
-                      "or convert the checkpoint to safetensors.") from e
-  return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-
-
-def _torch_to_numpy(tensor) -> np.ndarray:
-  import torch  # pylint: disable=g-import-not-at-top
-  if tensor.dtype == torch.bfloat16:
-    return tensor.view(torch.int16).numpy().view(jnp.bfloat16)
-  return tensor.numpy()
 
 
 def _select(names: list[str], config: t5.T5Config) -> dict[str, tuple[str, _Target]]:
@@ -202,15 +150,6 @@ def _select(names: list[str], config: t5.T5Config) -> dict[str, tuple[str, _Targ
   return selected
 
 
-def _sharding_fn(sharding: ShardingSpec) -> Callable[[tuple[str, ...]], Any]:
-  if sharding is None or isinstance(sharding, jax.sharding.Sharding):
-    return lambda path: sharding
-  if callable(sharding):
-    return sharding
-  flat = flax.traverse_util.flatten_dict(sharding)
-  return lambda path: flat[path]
-
-
 def load_t5_params(t5_dir: str, config: t5.T5Config | None = None, *,
                    sharding: ShardingSpec = None) -> dict:
   """Reads the encoder params of `t5_dir`, one tensor at a time.
@@ -227,18 +166,8 @@ def load_t5_params(t5_dir: str, config: t5.T5Config | None = None, *,
     Params (plain `jax.Array`s) with exactly the structure and shapes of `t5.param_shapes(config)`.
   """
   config = config or load_t5_config(t5_dir)
-  files = weight_files(t5_dir)
-  torch_dicts = {}
-  infos: dict[str, _TensorInfo] = {}
-  for file in files:
-    path = os.path.join(t5_dir, file)
-    if file.endswith(".safetensors"):
-      infos.update(_safetensors_headers(path))
-    else:
-      torch_dicts[path] = _torch_state_dict(path)
-      for name, tensor in torch_dicts[path].items():
-        infos[name] = _TensorInfo(path, tuple(tensor.shape), str(tensor.dtype))
-
+  weights = weight_io.Weights([os.path.join(t5_dir, f) for f in weight_files(t5_dir)])
+  infos = weights.infos
   selected = _select(list(infos), config)
   expected = flax.traverse_util.flatten_dict(t5.param_shapes(config))
   for name, (_, target) in selected.items():
@@ -247,22 +176,12 @@ def load_t5_params(t5_dir: str, config: t5.T5Config | None = None, *,
     if infos[name].shape != want:
       raise ValueError(f"Tensor {name!r} in {infos[name].file} has shape {infos[name].shape}; "
                        f"config.json implies {want}.")
-    if infos[name].file not in torch_dicts and infos[name].dtype not in _SUPPORTED_DTYPES:
-      raise ValueError(f"Tensor {name!r} in {infos[name].file} has dtype {infos[name].dtype}; "
-                       f"supported: {sorted(_SUPPORTED_DTYPES)}.")
+  weights.check_float(selected, t5_dir)
 
-  place = _sharding_fn(sharding)
+  place = weight_io.placer(sharding)
   param_dtype = jnp.dtype(config.param_dtype)
   params = {}
   for name, (_, target) in selected.items():
-    info = infos[name]
-    if info.file in torch_dicts:
-      array = _torch_to_numpy(torch_dicts[info.file][name])
-    else:
-      array = _read_safetensor(info, name)
-    if target.transpose:
-      array = array.T
-    array = np.ascontiguousarray(array, dtype=param_dtype)
+    array = weights.read(name, param_dtype, (1, 0) if target.transpose else None)
     params[target.path] = jax.device_put(array, place(target.path))
   return flax.traverse_util.unflatten_dict(params)
-

@@ -391,7 +391,7 @@ def test_edit_interrupted_then_input_replaced_is_refused(zeros_cascade, tmp_path
   assert os.listdir(out) == [common.RUN_MARKER]
 
 
-def test_sigterm_while_sampling_exits_preempted_and_the_run_resumes(tmp_path):
+def test_sigterm_while_sampling_exits_preempted_leaving_a_resumable_run(tmp_path):
   """SIGTERM once the CLI's text-to-video announces its first sample (outside any training loop):
   exit code 75 with the resume message, no result folder or temporary file, the lock released and
   the run marker kept, so that the same command resumes."""

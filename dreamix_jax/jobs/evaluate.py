@@ -91,9 +91,9 @@ def run(config, workdir: str) -> dict[str, str]:
                      f"benchmark={config.benchmark!r}.")
   if config.benchmark:
     check_benchmark_config(config)
-  os.makedirs(workdir, exist_ok=True)
-  if config.benchmark:
+    os.makedirs(workdir, exist_ok=True)
     return run_benchmark(config, workdir)
+  os.makedirs(workdir, exist_ok=True)
   rows = score_folders(config.outputs, clip_dir=config.clip_dir,
                        lpips_weights=config.lpips_weights)
   return write_scores(workdir, rows)
@@ -123,10 +123,9 @@ def load_upto(config) -> str:
 
 
 def run_benchmark(config, workdir: str) -> dict[str, str]:
-  """Loads what `config.benchmark` needs and runs its `BENCHMARKS` entry; returns its paths."""
-  benchmark = BENCHMARKS.get(config.benchmark)
-  if benchmark is None:
-    raise ValueError(f"Unknown benchmark {config.benchmark!r}; use one of {tuple(BENCHMARKS)}.")
+  """Loads what `config.benchmark` needs and runs its `BENCHMARKS` entry; returns its paths.
+  `config` has passed `check_benchmark_config`."""
+  benchmark = BENCHMARKS[config.benchmark]
   timer = common.Timer()
   with timer("load"):
     cascade, params = common.load_cascade(config, upto=load_upto(config))

@@ -8,8 +8,9 @@ A second run is refused with a message naming the holder and how to proceed.
 
 A run killed outright (SIGKILL, power loss) leaves its lock behind. On the holder's host a lock
 whose process is gone (no such pid, or a pid reused by a process started after the lock) is stale:
-the next run takes it over with a warning. A lock from another host cannot be checked from here and
-is left for a person to delete.
+the next run takes it over with a warning (two runs taking over the same stale lock at the same
+instant could both succeed: a narrow window, left open). A lock from another host cannot be checked
+from here and is left for a person to delete.
 
 The lock sits beside the folder, not in it, so that it can be taken before the folder exists or is
 inspected (no two runs both find it empty), and it never shows among the run's files or orbax's
@@ -77,8 +78,12 @@ def _acquire(path: str, folder: str) -> None:
         with contextlib.suppress(FileNotFoundError):
           os.remove(path)
       continue
-    with os.fdopen(fd, "w") as f:
-      json.dump(me, f)
+    try:
+      with os.fdopen(fd, "w") as f:
+        json.dump(me, f)
+    except BaseException:  # (a preemption, a full disk) no empty lock may stay behind
+      os.remove(path)
+      raise
     return
 
 

@@ -429,6 +429,20 @@ def test_sigterm_while_sampling_exits_preempted_leaving_a_resumable_run(tmp_path
   assert common.open_output_dir(str(tmp_path), "text2video", config) == str(out)  # resumable
 
 
+def test_a_signal_outside_training_gets_past_except_exception():
+  """The signal lands in whatever code runs, e.g. logging's handler, which reports and swallows
+  any Exception: the preemption must still end the job, and a second signal acts as before."""
+  with _unguarded_sigterm_fails():
+    with pytest.raises(preemption.Preempted, match=r"^\[edit\] preempted by SIGTERM"):
+      with preemption.JobGuard("edit"):
+        try:
+          signal.raise_signal(signal.SIGTERM)
+        except Exception:  # pylint: disable=broad-except
+          pass
+    with pytest.raises(AssertionError, match="no job guard"):
+      signal.raise_signal(signal.SIGTERM)  # the guard is gone: the previous handler is back
+
+
 def test_a_result_folder_appears_whole_or_not_at_all(tmp_path, monkeypatch):
   """A SIGTERM while a result folder is being written (here: its last file) leaves no partial
   folder and no temporary one; an earlier folder of that name is replaced only by a whole one."""

@@ -33,8 +33,12 @@ EXIT_CODE = 75
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class Preempted(Exception):
-  """The run was stopped by a signal; the message says what was kept and to re-run to resume."""
+class Preempted(BaseException):
+  """The run was stopped by a signal; the message says what was kept and to re-run to resume.
+
+  A BaseException, as KeyboardInterrupt: `JobGuard` raises it from a signal handler, i.e. in
+  whatever code is running, and an `except Exception` there (logging's handlers, a library's
+  fallback) must not swallow it."""
 
   def __init__(self, message: str, step: int | None = None, checkpoint_dir: str | None = None):
     super().__init__(message)

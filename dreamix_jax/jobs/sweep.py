@@ -32,6 +32,7 @@ from dreamix_jax.jobs import common
 def run(config, workdir: str) -> list[str]:
   """Runs the sweep; returns the result folders in the order they were made."""
   common.check_config(config)
+  finetune.check_config(config.finetune)
   finetune.top_finetune_stage(list(config.cascade.order), config.finetune)  # known stages
   alphas = dict(config.alphas)
   settings = parse_settings(config.settings, alphas)

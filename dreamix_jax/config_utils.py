@@ -87,3 +87,45 @@ def cascade(name: str, stages: dict[str, ml_collections.ConfigDict], *, text_len
       schedule=schedule or dict(kind="cosine", logsnr_min=logsnr_min, logsnr_max=logsnr_max),
       autoencoder=autoencoder or dict(name="identity"),
       text=dict(max_length=text_len, dim=text_dim)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks the jobs run on config values before anything is loaded or written. Each raises a
+# ValueError naming the field and what it accepts (the entry point turns it into exit code 2).
+
+def field(config: ml_collections.ConfigDict, dotted: str) -> Any:
+  """The value of the config field `dotted`, e.g. "text.t5_dir"."""
+  node = config
+  for part in dotted.split("."):
+    node = node[part]
+  return node
+
+
+def check_path_component(field: str, value: Any) -> str:
+  """`value` as one plain folder name: it is joined under the workdir, so an absolute path, `..`
+  or a separator would write (and, with overwrite, delete) outside it."""
+  text = value if isinstance(value, str) else ""
+  if not text or text in (".", "..") or any(c in text for c in ("/", "\\", "\0")):
+    raise ValueError(f"config.{field}={value!r} must be one plain folder name (non-empty, no '/' "
+                     "or '\\', not '.' or '..', no NUL): it names a folder "
+                     f"inside the workdir; fix --config.{field}.")
+  return text
+
+
+def check_not_empty(field: str, values: Any) -> None:
+  """A list the job iterates over (prompts, seeds, noise levels, a grid) must hold at least one
+  item, or the run would end 'successfully' with nothing made."""
+  if not values:
+    raise ValueError(f"config.{field} is empty: give at least one, e.g. "
+                     f"--config.{field}='(...,)'.")
+
+
+def check_stage(field: str, value: Any, stages, *, empty_means: str = "") -> None:
+  """`value` must be one of the cascade's `stages` (or "" where `empty_means` says what that
+  stands for)."""
+  if value == "" and empty_means:
+    return
+  if value not in tuple(stages):
+    allowed = f"one of {list(stages)}" + (f" or '' ({empty_means})" if empty_means else "")
+    raise ValueError(f"config.{field}={value!r} is not a stage of the cascade; use {allowed}: fix "
+                     f"--config.{field}.")

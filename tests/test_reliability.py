@@ -6,12 +6,16 @@ config in subprocesses, started together where they do not depend on each other 
 compilation cache, because start-up and compilation dominate their time.
 """
 
+import contextlib
 import dataclasses
+import json
 import logging
 import os
 import pathlib
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,15 +24,17 @@ import types
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
 import safetensors.numpy
 
-from dreamix_jax import cascade as cascade_lib
+from dreamix_jax import cascade as cascade_lib, jobs
 from dreamix_jax.data import outputs, video as video_io
-from dreamix_jax.jobs import common, edit, pretrain, subject
+from dreamix_jax.dreamix import finetune
+from dreamix_jax.jobs import common, edit, lock, pretrain, subject
 from dreamix_jax.train import checkpoints, loop as loop_lib, preemption, state as state_lib
 from tests.test_jobs import load
 
@@ -118,16 +124,19 @@ def runs(tmp_path_factory):
     procs["cut"].send_signal(signal.SIGTERM)
     out["term_rc"] = procs["cut"].wait(timeout=300)
     out["term_saved"] = _steps(ckpt_dir)[-1]
+    out["lock_after_term"] = os.path.exists(lock.lock_path(str(ckpt_dir)))
 
     procs["cut"] = _start(cli + [f"--workdir={work}"], env, tmp / "kill.log")
     _wait_for_checkpoint(procs["cut"], ckpt_dir, after=out["term_saved"])
     procs["cut"].send_signal(signal.SIGKILL)
     out["kill_rc"] = procs["cut"].wait(timeout=60)
     out["kill_saved"] = _steps(ckpt_dir)[-1]
+    out["lock_after_kill"] = os.path.exists(lock.lock_path(str(ckpt_dir)))
 
     procs["cut"] = _start(cli + [f"--workdir={work}"], env, tmp / "final.log")
     for name in ("cut", "ref", "nan"):
       out[f"{'final' if name == 'cut' else name}_rc"] = procs[name].wait(timeout=400)
+    out["lock_after_final"] = os.path.exists(lock.lock_path(str(ckpt_dir)))
   finally:
     for proc in procs.values():  # only when a step above failed
       if proc.poll() is None:
@@ -146,6 +155,7 @@ def test_sigterm_saves_the_current_step_and_exits_preempted(runs):
                          f"{runs['term_saved']}"), last
   assert "Re-run the same command to resume" in last
   assert "Traceback" not in runs["term_log"]
+  assert not runs["lock_after_term"]  # a preempted run releases its checkpoint folder's lock
 
 
 def test_sigkill_and_sigterm_then_resume_is_bit_identical(runs):
@@ -154,6 +164,10 @@ def test_sigkill_and_sigterm_then_resume_is_bit_identical(runs):
   assert runs["term_saved"] < runs["kill_saved"] < STEPS  # the cut really happened mid-run
   assert runs["final_rc"] == 0, runs["final_log"][-3000:]
   assert f"resumed from step {runs['kill_saved']}" in runs["final_log"]
+  # SIGKILL leaves the lock behind; the resumed run finds its process gone and takes it over.
+  assert runs["lock_after_kill"] and not runs["lock_after_final"]
+  assert re.search(r"Taking over the stale lock \S+base.lock: its holder \(pid \d+ on host",
+                   runs["final_log"])
   ref, resumed = _final_state(runs["ref_dir"]), _final_state(runs["cut_dir"])
   assert sorted(ref) == sorted(resumed) and len(ref) > 10
   for name in ref:
@@ -253,6 +267,22 @@ def test_nonfinite_variant_stops_naming_step_stage_and_variant(tmp_path):
   assert meta["step"] == 2 and np.all(np.isfinite(restored.params["w"]))
 
 
+def test_nonfinite_before_any_checkpoint_says_none_was_saved(tmp_path):
+  """A run that starts at step 5 from given weights (as after pretraining's init_from) and
+  diverges at once: no checkpoint exists, and the message must not name one."""
+  cfg, state, step_fn, _ = _toy(tmp_path, 8, checkpoint_every=2)
+  state = state.replace(step=jnp.asarray(5, jnp.int32))
+  with pytest.raises(loop_lib.NonFiniteLossError) as info:
+    loop_lib.run(cfg, state, step_fn, lambda step: jnp.full((3,), jnp.nan),
+                 checkpoint_dir=str(tmp_path / "c"))
+  message = str(info.value)
+  assert "Last good checkpoint" not in message
+  assert re.search(r"at step 5 .*No checkpoint was saved yet in \S+/c: the run diverged from its "
+                   r"initial parameters .*Lower the learning rate, check the data and the initial "
+                   r"weights \(init_from\)", message), message
+  assert checkpoints.TrainCheckpointer(str(tmp_path / "c")).latest_step() is None
+
+
 def test_a_second_signal_falls_through_to_the_previous_handler():
   received = []
   previous = signal.signal(signal.SIGTERM, lambda *a: received.append("previous"))
@@ -291,6 +321,153 @@ def test_edit_output_dir_resumes_unfinished_runs_only(tmp_path):
   assert common.open_output_dir(str(tmp_path), "edit", config) == path
   assert not os.path.exists(os.path.join(path, "finetune"))  # no stale state in a new run
   assert os.path.isfile(os.path.join(path, common.RUN_MARKER))
+
+
+@pytest.mark.parametrize("field", ["input", "checkpoint", "text.t5_dir"])
+def test_an_unfinished_run_is_not_resumed_from_other_bytes_at_the_same_path(tmp_path, field):
+  """Replacing the input, a checkpoint file or a T5 file (same path, same size, other bytes)
+  between a preemption and the re-run: refused, naming what changed, not resumed."""
+  t5 = tmp_path / "t5"
+  shutil.copytree(ROOT / "assets" / "shapes_t5", t5)
+  (tmp_path / "cascade").mkdir()
+  (tmp_path / "cascade" / "base.safetensors").write_bytes(b"weights A")
+  (tmp_path / "in.mp4").write_bytes(b"video A")
+  config = _edit(tmp_path, overwrite=False, input=str(tmp_path / "in.mp4"),
+                 checkpoint=str(tmp_path / "cascade"), **{"text.t5_dir": str(t5)})
+  path = common.open_output_dir(str(tmp_path / "work"), "edit", config)
+  assert common.open_output_dir(str(tmp_path / "work"), "edit", config) == path  # unchanged
+  changed = {"input": tmp_path / "in.mp4", "checkpoint": tmp_path / "cascade" / "base.safetensors",
+             "text.t5_dir": t5 / "model.safetensors"}[field]
+  data = bytearray(changed.read_bytes())
+  data[-1] ^= 1
+  changed.write_bytes(bytes(data))
+  with pytest.raises(FileExistsError) as info:
+    common.open_output_dir(str(tmp_path / "work"), "edit", config)
+  named = str(tmp_path / ("in.mp4" if field == "input" else
+                          "cascade" if field == "checkpoint" else "t5"))
+  assert str(info.value) == (
+      f"{path} holds an unfinished run whose inputs have other content now: config.{field} "
+      f"({named}) (same path, other bytes). Re-run with the same config and files to resume it, "
+      "choose another --config.name or --workdir, or pass --config.overwrite=True to start afresh.")
+  with config.unlocked():
+    config.overwrite = True
+  assert common.open_output_dir(str(tmp_path / "work"), "edit", config) == path  # afresh
+
+
+@contextlib.contextmanager
+def _unguarded_sigterm_fails():
+  """A SIGTERM that no job guard catches fails the test (instead of ending pytest)."""
+
+  def unguarded(signum, frame):
+    raise AssertionError("SIGTERM reached the process's own handler: no job guard was active")
+
+  previous = signal.signal(signal.SIGTERM, unguarded)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_edit_interrupted_then_input_replaced_is_refused(zeros_cascade, tmp_path, monkeypatch):
+  """SIGTERM as the finetune starts (after the output folder is opened), then another video saved
+  under the input's name: the re-run names the input and resumes nothing."""
+  video = tmp_path / "in.mp4"
+  _mp4(video, 24)
+  config = _edit(tmp_path, input=str(video), overwrite=False, checkpoint=str(zeros_cascade))
+  monkeypatch.setattr(finetune, "finetune_cascade",
+                      lambda *a, **k: signal.raise_signal(signal.SIGTERM))
+  with _unguarded_sigterm_fails():
+    with pytest.raises(preemption.Preempted, match=r"^\[edit\] preempted by SIGTERM outside "
+                                                   r"training .*Re-run the same command to resume"):
+      jobs.get("edit")(config, str(tmp_path / "work"))
+  out = tmp_path / "work" / "edit" / config.name
+  assert os.listdir(out) == [common.RUN_MARKER]
+  assert not os.path.exists(lock.lock_path(str(out)))
+  rng = np.random.default_rng(1)  # another video of the same name and length
+  outputs.write_mp4(video, rng.uniform(-1, 1, (24, 16, 32, 3)), 6.0)
+  with pytest.raises(FileExistsError, match=rf"^{out} holds an unfinished run whose inputs have "
+                                            rf"other content now: config.input \({video}\)"):
+    jobs.get("edit")(config, str(tmp_path / "work"))
+  assert os.listdir(out) == [common.RUN_MARKER]
+
+
+def test_sigterm_while_sampling_exits_preempted_leaving_a_resumable_run(tmp_path):
+  """SIGTERM once the CLI's text-to-video announces its first sample (outside any training loop):
+  exit code 75 with the resume message, no result folder or temporary file, the lock released and
+  the run marker kept, so that the same command resumes."""
+  overrides = ["--config.overwrite=False",
+               "--config.prompts=('a red circle moving right on a black background',"
+               "'a blue square moving up on a gray background','a red circle moving left on a "
+               "black background')"]
+  env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+  proc = subprocess.Popen([sys.executable, "-m", "dreamix_jax.main",
+                           "--config=configs/text2video.py:runlocal", f"--workdir={tmp_path}"]
+                          + overrides, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True)
+  log = []
+  for line in proc.stderr:
+    log.append(line)
+    if "[sample] ..." in line:
+      proc.send_signal(signal.SIGTERM)
+      break
+  log += proc.stderr.readlines()
+  assert proc.wait(timeout=300) == preemption.EXIT_CODE, "".join(log[-30:])
+  last = [line for line in log if line.strip()][-1].strip()
+  assert re.fullmatch(r"preempted: \[text2video\] preempted by SIGTERM outside training \(loading, "
+                      r"sampling or writing\): finished results and checkpoints are kept, nothing "
+                      r"half-written. Re-run the same command to resume.", last), last
+  assert "Traceback" not in "".join(log)
+  out = tmp_path / "text2video" / "text2video"
+  assert os.listdir(out) == [common.RUN_MARKER]
+  assert os.listdir(tmp_path / "text2video") == ["text2video"]  # the lock is gone
+  config = load("configs/text2video.py:runlocal")
+  with config.unlocked():
+    config.overwrite = False
+    config.prompts = ("a red circle moving right on a black background",
+                      "a blue square moving up on a gray background",
+                      "a red circle moving left on a black background")
+  assert common.open_output_dir(str(tmp_path), "text2video", config) == str(out)  # resumable
+
+
+def test_a_signal_outside_training_gets_past_except_exception():
+  """The signal lands in whatever code runs, e.g. logging's handler, which reports and swallows
+  any Exception: the preemption must still end the job, and a second signal acts as before."""
+  with _unguarded_sigterm_fails():
+    with pytest.raises(preemption.Preempted, match=r"^\[edit\] preempted by SIGTERM"):
+      with preemption.JobGuard("edit"):
+        try:
+          signal.raise_signal(signal.SIGTERM)
+        except Exception:  # pylint: disable=broad-except
+          pass
+    with pytest.raises(AssertionError, match="no job guard"):
+      signal.raise_signal(signal.SIGTERM)  # the guard is gone: the previous handler is back
+
+
+def test_a_result_folder_appears_whole_or_not_at_all(tmp_path, monkeypatch):
+  """A SIGTERM while a result folder is being written (here: its last file) leaves no partial
+  folder and no temporary one; an earlier folder of that name is replaced only by a whole one."""
+  video = np.zeros((2, 8, 8, 3), np.float32)
+  folder = tmp_path / "000_prompt_seed0"
+  common.write_result(str(folder), video, 6.0, {"run": 1})
+  write_json = outputs.write_json
+
+  def interrupted(path, obj):
+    signal.raise_signal(signal.SIGTERM)
+    write_json(path, obj)
+
+  monkeypatch.setattr(outputs, "write_json", interrupted)
+  with _unguarded_sigterm_fails():
+    with pytest.raises(preemption.Preempted, match=r"^\[text2video\] preempted by SIGTERM"):
+      with preemption.JobGuard("text2video"):
+        common.write_result(str(folder), video + 0.5, 6.0, {"run": 2})
+  assert os.listdir(tmp_path) == [folder.name]
+  assert json.loads((folder / "meta.json").read_text()) == {"run": 1}  # the earlier, whole folder
+  assert abs(video_io.read_video(str(folder / "output.mp4"), 2, 8, 8).mean()) < 0.05  # run 1's
+  monkeypatch.setattr(outputs, "write_json", write_json)
+  common.write_result(str(folder), video + 0.5, 6.0, {"run": 2})
+  assert os.listdir(tmp_path) == [folder.name]
+  assert sorted(os.listdir(folder)) == ["comparison.png", "meta.json", "output.gif", "output.mp4"]
+  assert json.loads((folder / "meta.json").read_text()) == {"run": 2}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -381,6 +558,63 @@ def test_out_of_range_settings(inputs, tmp_path, override, pattern):
   _fails(edit.run, config, tmp_path / "work", ValueError, pattern)
 
 
+JOBS = {"edit": edit.run, "image2video": jobs.get("image2video"), "subject": subject.run,
+        "sweep": jobs.get("sweep"), "text2video": jobs.get("text2video")}
+
+
+@pytest.mark.parametrize("job", sorted(JOBS))
+@pytest.mark.parametrize("name", ["", ".", "..", "../escape", "a/b", "/abs", "a\\b", "nul\0"])
+def test_names_that_are_not_one_folder_are_refused(tmp_path, job, name):
+  config = load(f"configs/{job}.py:runlocal")
+  with config.unlocked():
+    config.name = name
+  _fails(JOBS[job], config, tmp_path / "work", ValueError,
+         r"^config.name=.* must be one plain folder name \(non-empty, no '/' or '\\', not '\.' or "
+         r"'\.\.', no NUL\): it names a folder inside the workdir; fix --config.name.$")
+
+
+def test_an_absolute_name_with_overwrite_deletes_nothing_outside_the_workdir(tmp_path):
+  outside = tmp_path / "precious"
+  (outside / "finetune").mkdir(parents=True)
+  (outside / "finetune" / "weights").write_text("keep me")
+  config = _edit(tmp_path, name=str(outside), overwrite=True)
+  _fails(edit.run, config, tmp_path / "work", ValueError, r"config.name=.*precious")
+  assert (outside / "finetune" / "weights").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("job,field,value,pattern", [
+    ("text2video", "seeds", (), r"^config.seeds is empty: give at least one"),
+    ("text2video", "prompts", (), r"^config.prompts is empty"),
+    ("sweep", "seeds", (), r"^config.seeds is empty"),
+    ("sweep", "prompts", (), r"^config.prompts is empty"),
+    ("edit", "finetune.stages", (), r"^config.finetune.stages is empty"),
+    ("sweep", "alphas", {"x/y": 0.5}, r"^config.alphas has mode 'x/y': a mode names result and "
+                                      r"checkpoint folders"),
+    ("sweep", "alphas", {"mixed": 1.5}, r"^config.alphas.mixed must be in \[0, 1\]"),
+    ("eval", "ablation.upto", "bsae", r"^config.ablation.upto='bsae' is not a stage of the "
+                                      r"cascade; use one of \['base', 'tsr', 'ssr'\] or '' \(the "
+                                      r"last stage\): fix --config.ablation.upto."),
+    ("eval", "text2video.upto", "ssr2", r"^config.text2video.upto='ssr2' is not a stage"),
+    ("eval", "classifier.logsnrs", (), r"^config.classifier.logsnrs is empty"),
+    ("pretrain", "sample_prompts", (), r"^config.sample_prompts is empty"),
+])
+def test_empty_lists_and_unknown_stages_are_refused(tmp_path, job, field, value, pattern):
+  config = load(f"configs/{job}.py:runlocal" + {"eval": ",benchmark=shapes"}.get(job, ""))
+  benchmark = {"text2video.upto": "text2video", "classifier.logsnrs": "classifier"}.get(field)
+  with config.unlocked():
+    if benchmark:
+      config.benchmark = benchmark
+    node = config
+    *parents, leaf = field.split(".")
+    for p in parents:
+      node = node[p]
+    if isinstance(value, dict):
+      node[leaf] = ml_collections.ConfigDict(value)
+    else:
+      node[leaf] = value
+  _fails(jobs.get(job), config, tmp_path / "work", ValueError, pattern)
+
+
 def test_pretrain_bad_settings_leave_nothing(tmp_path):
   for field, value, pattern in (("steps", -1, r"steps must be ≥ 0, got -1"),
                                 ("stage", "bsae", r"config.stage 'bsae' is not a stage.*choose "
@@ -392,20 +626,30 @@ def test_pretrain_bad_settings_leave_nothing(tmp_path):
     _fails(pretrain.run, config, tmp_path / "work", ValueError, pattern)
 
 
-@pytest.fixture(scope="module")
-def foreign_cascade(tmp_path_factory):
-  """A cascade directory written for another config (base U-Net twice as wide): zeros of its
-  shapes, no compilation needed."""
-  tmp = tmp_path_factory.mktemp("foreign")
+def _zeros_cascade(tmp, base_channels_factor: int = 1):
+  """A cascade directory of zeros of the `:runlocal` edit config's shapes (the base U-Net
+  `base_channels_factor` times as wide): loads fast, no compilation needed."""
   config = load("configs/edit.py:runlocal")
   with config.unlocked():
-    config.cascade.stages.base.backbone.channels *= 2
+    config.cascade.stages.base.backbone.channels *= base_channels_factor
   cascade = cascade_lib.Cascade.from_config(config.cascade)
   for stage in cascade.stages:
     zeros = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype),
                                    nn.meta.unbox(cascade.abstract_params(stage)))
     checkpoints.save_cascade_stage(str(tmp), stage.name, zeros, config.cascade)
   return tmp
+
+
+@pytest.fixture(scope="module")
+def foreign_cascade(tmp_path_factory):
+  """A cascade directory written for another config (base U-Net twice as wide)."""
+  return _zeros_cascade(tmp_path_factory.mktemp("foreign"), 2)
+
+
+@pytest.fixture(scope="module")
+def zeros_cascade(tmp_path_factory):
+  """A cascade directory that fits the `:runlocal` edit config."""
+  return _zeros_cascade(tmp_path_factory.mktemp("zeros"))
 
 
 def test_checkpoint_for_another_config_lists_names_and_shapes(inputs, foreign_cascade, tmp_path):
@@ -440,11 +684,21 @@ def test_long_prompts_are_truncated_with_a_warning(caplog):
   assert text.shape == (1, cascade.text_len, cascade.text_dim) and mask.all()
 
 
-def test_cli_bad_inputs_give_one_line_and_exit_code_2(inputs, tmp_path):
+def test_cli_bad_inputs_give_one_line_and_exit_code_2(inputs, zeros_cascade, tmp_path):
   """The CLI for a few bad inputs, in parallel: one `error: ...` line, exit code 2, no traceback,
-  and no workdir."""
+  and no workdir (but for the lock a live process holds, which stays as it was)."""
   env = _env(tmp_path / "jax_cache")
+  held = lock.lock_path(str(tmp_path / "locked" / "text2video" / "text2video"))
+  os.makedirs(os.path.dirname(held))
+  with open(held, "w") as f:  # held by this (live) process
+    json.dump(dict(pid=os.getpid(), host=socket.gethostname(), started=time.time()), f)
   cases = {
+      "name": (["--config=configs/edit.py:runlocal", "--config.name=../../escape"],
+               r"^error: config.name='../../escape' must be one plain folder name"),
+      "locked": (["--config=configs/text2video.py:runlocal", f"--config.checkpoint={zeros_cascade}"],
+                 rf"^error: another run \(pid {os.getpid()} on host {re.escape(socket.gethostname())}"
+                 rf", started [-0-9: ]+\) is using \S+/text2video/text2video; wait for it to "
+                 rf"finish, or delete {re.escape(held)} if that process is gone.$"),
       "typo": (["--config=configs/edit.py:runlocal", "--config.finetnue.steps=3"],
                r"^error: unknown config field\(s\) \['finetnue.steps'\]: the config is locked"),
       "arg": (["--config=configs/edit.py:runlocal,vidoe=x.mp4"],
@@ -462,7 +716,10 @@ def test_cli_bad_inputs_give_one_line_and_exit_code_2(inputs, tmp_path):
     assert "Traceback" not in log, log
     errors = [line for line in log.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and re.search(pattern, errors[0]), log
-    assert not (tmp_path / name).exists()
+    if name == "locked":
+      assert os.listdir(tmp_path / name / "text2video") == ["text2video.lock"]
+    else:
+      assert not (tmp_path / name).exists()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 
 from dreamix_jax import cascade as cascade_lib
-from dreamix_jax.data import outputs
+from dreamix_jax.data import outputs, video as video_io
 from dreamix_jax.dreamix import finetune, sweep
 from dreamix_jax.jobs import sweep as sweep_job
+from dreamix_jax.train import preemption
 from config_loading import load
 
 
@@ -88,10 +89,19 @@ class _Sources(html.parser.HTMLParser):
       self.sources[tag].append(dict(attrs)["src"])
 
 
-def test_sweep_runlocal_end_to_end(tmp_path):
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  """(config, workdir, result folders) of the `:runlocal` sweep run without interruption."""
   config = load("configs/sweep.py:runlocal")
-  folders = sweep_job.run(config, str(tmp_path))
+  workdir = tmp_path_factory.mktemp("reference")
+  return config, workdir, sweep_job.run(config, str(workdir))
+
+
+def test_sweep_runlocal_end_to_end(reference):
+  config, tmp_path, folders = reference
   root = tmp_path / "sweep" / "sweep"
+  assert sorted(os.listdir(root)) == ["000_a-red-circle-moving-left-on-a-black-background_seed0",
+                                      "index.html", "input.mp4"]  # no finetune state, no marker
   settings = sweep.parse_settings(config.settings, config.alphas)
   assert len(folders) == len(settings) == 8
   case = root / "000_a-red-circle-moving-left-on-a-black-background_seed0"
@@ -121,3 +131,40 @@ def test_sweep_runlocal_end_to_end(tmp_path):
   # The two s values of the 2-step mixed state share its finetune: same alpha and steps.
   shared = [m for s, m in metas.items() if s.mode == "mixed" and s.steps == 2]
   assert [(m["alpha"], m["s"]) for m in shared] == [(0.35, 0.98), (0.35, 1.0)]
+
+
+def test_sweep_preempted_in_a_finetune_resumes_to_the_same_results(reference, tmp_path,
+                                                                   monkeypatch):
+  """A SIGTERM at step 1 of the 2-step video finetune (after the settings without finetuning were
+  written), then the same command again: it continues that finetune from its checkpoint and ends
+  with the results of the uninterrupted run."""
+  _, ref_dir, ref_folders = reference
+  config = load("configs/sweep.py:runlocal")
+  with config.unlocked():
+    config.overwrite = False  # a resumed run must not need it
+
+  def stop_now(guard):
+    guard.requested = "SIGTERM"
+    return True
+
+  with monkeypatch.context() as patch:
+    patch.setattr(preemption.Guard, "should_stop", stop_now)
+    with pytest.raises(preemption.Preempted, match=r"\[finetune/base\] preempted by SIGTERM at "
+                                                   r"step 1: a checkpoint at step 1 is in \S+/sweep/"
+                                                   r"sweep/finetune/video/2/base"):
+      sweep_job.run(config, str(tmp_path))
+  root = tmp_path / "sweep" / "sweep"
+  assert (root / ".unfinished.json").is_file() and not (root / "index.html").exists()
+  folders = sweep_job.run(config, str(tmp_path))
+  assert [os.path.relpath(f, tmp_path) for f in folders] == [
+      os.path.relpath(f, ref_dir) for f in ref_folders]
+  assert sorted(os.listdir(root)) == sorted(os.listdir(ref_dir / "sweep" / "sweep"))
+  for folder, ref_folder in zip(folders, ref_folders):
+    for name in ("output.mp4", "input.mp4"):
+      np.testing.assert_array_equal(
+          video_io.read_video(os.path.join(folder, name), 8, 16, 32),
+          video_io.read_video(os.path.join(ref_folder, name), 8, 16, 32), err_msg=f"{folder}/{name}")
+  case = "000_a-red-circle-moving-left-on-a-black-background_seed0"
+  np.testing.assert_array_equal(np.asarray(Image.open(root / case / "grid.png")),
+                                np.asarray(Image.open(ref_dir / "sweep" / "sweep" / case /
+                                                      "grid.png")))

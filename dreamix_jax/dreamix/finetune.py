@@ -17,7 +17,8 @@ the same settings reuses its compiled step):
   pure function of the step (fixed batch, step randomness `fold_in(seed, step)`, a learning-rate
   schedule of the optimizer's update count), so the 150-step parameters of a 300-step run are
   exactly those of a 150-step run: it trains to the smallest count, hands the parameters out and
-  continues.
+  continues. With a checkpoint folder each leg (to one count) keeps its own orbax checkpoints, so
+  a resumed sweep gets back the exact state at every count it reads.
 With `cascade.layout` set, the state is sharded on its mesh and the step is jitted with shardings.
 """
 
@@ -135,14 +136,18 @@ def finetune_stage(cascade: cascade_lib.Cascade, stage: cascade_lib.Stage, param
 
 
 def finetune_at_steps(cascade: cascade_lib.Cascade, params: dict, video, text, text_mask,
-                      cfg: ml_collections.ConfigDict, steps: Sequence[int]
-                      ) -> Iterator[tuple[int, dict]]:
+                      cfg: ml_collections.ConfigDict, steps: Sequence[int],
+                      checkpoint_root: str | None = None) -> Iterator[tuple[int, dict]]:
   """Yields `(k, params finetuned for k steps)` for each k of `sorted(set(steps))`.
 
   video: (1, T, H, W, 3) at the resolution of the highest stage in `cfg.stages`; text, text_mask:
   (1, L, D), (1, L) for t*. `cfg` is a `finetune_config` (its `steps` is ignored). Stages not in
-  `cfg.stages` keep `params`. k = 0 yields `params` unchanged. No orbax checkpoints: these runs
-  are short and their parameters are consumed at once.
+  `cfg.stages` keep `params`. k = 0 yields `params` unchanged.
+
+  With `checkpoint_root` the leg that trains up to k checkpoints into `<checkpoint_root>/<k>/<stage>/`
+  (at its end, on SIGTERM/SIGINT, and every `cfg.checkpoint_every` steps or
+  `cfg.checkpoint_every_minutes` where set), and resumes from there: a re-run after a preemption
+  yields exactly what an uninterrupted one would.
   """
   targets = sorted(set(int(k) for k in steps))
   if not targets or targets[0] < 0:
@@ -153,10 +158,13 @@ def finetune_at_steps(cascade: cascade_lib.Cascade, params: dict, video, text, t
   runs = {name: _start(cascade, cascade.stage(name), params[name], views, text, text_mask, cfg)
           for name in names}
   states = {name: run[0] for name, run in runs.items()}
+  every, minutes = cfg.get("checkpoint_every", 0), cfg.get("checkpoint_every_minutes", 0.0)
   for k in targets:
     for name, (_, shardings, step_fn, batch) in runs.items():
-      states[name], _ = loop_lib.run(_loop_config(cfg, k, name, max(k, 1), 0.0), states[name],
-                                     step_fn, lambda step, batch=batch: batch, checkpoint_dir=None,
+      ckpt_dir = os.path.join(checkpoint_root, str(k), name) if checkpoint_root else None
+      states[name], _ = loop_lib.run(_loop_config(cfg, k, name, every, minutes), states[name],
+                                     step_fn, lambda step, batch=batch: batch,
+                                     checkpoint_dir=ckpt_dir, meta={"stage": name},
                                      layout=cascade.layout, state_shardings=shardings)
     yield k, dict(params, **{name: states[name].eval_params for name in names})
 

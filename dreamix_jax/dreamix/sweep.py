@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import re
 from typing import Mapping, Sequence
 
 from dreamix_jax.dreamix import corrupt
@@ -60,7 +61,15 @@ class FinetuneRun:
 
 def parse_settings(grid: Sequence[Sequence], alphas: Mapping[str, float]) -> list[Setting]:
   """`((mode, steps, s), ...)` -> Settings, checked: known modes, steps 0 exactly without
-  finetuning and ≥ 1 with it, s in [0, 1], no duplicates."""
+  finetuning and ≥ 1 with it, s in [0, 1], no duplicates; and the α table: each mode one folder
+  name (it names result and checkpoint folders), each α in [0, 1]."""
+  for mode, alpha in alphas.items():
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", mode) or mode == NO_FINETUNING:
+      raise ValueError(f"config.alphas has mode {mode!r}: a mode names result and checkpoint "
+                       f"folders, so use letters, digits, '_' or '-', and not {NO_FINETUNING!r}.")
+    if not 0.0 <= float(alpha) <= 1.0:
+      raise ValueError(f"config.alphas.{mode} must be in [0, 1] (the weight of the full-video "
+                       f"loss), got {alpha!r}.")
   settings = []
   for entry in grid:
     if len(entry) != 3:

@@ -1,11 +1,13 @@
-"""What every job shares: loading the cascade and text encoder, output folders (resumable ones for
-the finetuning jobs), writing results."""
+"""What every job shares: checking the config, loading the cascade and text encoder, output folders
+(locked, and resumable), writing results."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import time
 
@@ -14,14 +16,29 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dreamix_jax import cascade as cascade_lib, parallel
-from dreamix_jax.data import outputs
+from dreamix_jax import cascade as cascade_lib, config_utils, parallel
+from dreamix_jax.data import fingerprint, outputs
+from dreamix_jax.jobs import lock
 from dreamix_jax.text import text_encoder
 from dreamix_jax.train import checkpoints
 
 RUN_MARKER = ".unfinished.json"
 # Left out of the settings a resumed run must share with the one it continues.
 _NOT_SETTINGS = ("overwrite", "distributed")
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """Checks what every sampling job's config may hold, before anything is loaded or written:
+  `name` is one folder name, the lists the job iterates over (`prompts`, `seeds`,
+  `noise_levels`) are not empty, and an enabled finetune names at least one stage (which stages
+  the cascade has is checked when it is known). Raises a ValueError naming the field."""
+  config_utils.check_path_component("name", config.name)
+  for field in ("prompts", "seeds", "noise_levels"):
+    if field in config:
+      config_utils.check_not_empty(field, config[field])
+  tune = config.get("finetune")
+  if tune is not None and tune.get("enabled", True) and "stages" in tune:
+    config_utils.check_not_empty("finetune.stages", tune.stages)
 
 
 def load_cascade(config: ml_collections.ConfigDict, upto: str = ""):
@@ -110,49 +127,73 @@ def make_embedder(config: ml_collections.ConfigDict, cascade: cascade_lib.Cascad
   return embedder
 
 
-def output_dir(workdir: str, job: str, name: str, overwrite: bool) -> str:
-  """`<workdir>/<job>/<name>/`, refusing to reuse a non-empty one unless `overwrite`."""
-  path = os.path.join(workdir, job, name)
-  if os.path.isdir(path) and os.listdir(path) and not overwrite:
-    raise FileExistsError(f"Output directory {path} already exists and is not empty; choose another "
-                          "--config.name or --workdir, or pass --config.overwrite=True.")
-  os.makedirs(path, exist_ok=True)
-  return path
+def job_dir(workdir: str, job: str, name: str) -> str:
+  """`<workdir>/<job>/<name>`, `name` checked to be one folder name (so the path stays inside the
+  workdir)."""
+  return os.path.join(workdir, job, config_utils.check_path_component("name", name))
+
+
+@contextlib.contextmanager
+def output_run(workdir: str, job: str, config):
+  """Holds the lock of the job's output folder (`lock.hold`: no second run writes it meanwhile),
+  opens it (`open_output_dir`: fresh, or resuming an unfinished run) and yields it; the run is
+  marked finished when the block completes. On an error or preemption the marker stays, so the
+  same command resumes."""
+  with lock.hold(job_dir(workdir, job, config.name)):
+    out_root = open_output_dir(workdir, job, config)
+    yield out_root
+    mark_finished(out_root)
 
 
 def open_output_dir(workdir: str, job: str, config) -> str:
   """`<workdir>/<job>/<config.name>/` for a run of `config`, resuming an unfinished one.
 
-  - missing or empty: created, with a `RUN_MARKER` holding the run's settings;
-  - holding an unfinished run (a marker) with the same settings: reused as is, so its finetune
-    resumes from `finetune/<stage>/` and its results are (re)written;
-  - holding a finished run, or an unfinished one with other settings: refused, unless
-    `config.overwrite`, which discards its finetune state (`finetune/`, `finetuned_cascade/`) so
-    that none of it leaks into the new run, and keeps other files until they are rewritten.
+  - missing or empty: created, with a `RUN_MARKER` holding the run's settings and the content
+    fingerprints of its inputs (`content_fingerprints`);
+  - holding an unfinished run (a marker) with the same settings and inputs of the same content:
+    reused as is, so its finetune resumes from `finetune/` and its results are (re)written;
+  - holding a finished run, or an unfinished one with other settings, or whose input video,
+    checkpoint or T5 folder has other bytes now (a file replaced at the same path): refused,
+    unless `config.overwrite`, which discards its finetune state (`finetune/`,
+    `finetuned_cascade/`) so that none of it leaks into the new run, and keeps other files until
+    they are rewritten.
   """
-  path = os.path.join(workdir, job, config.name)
+  path = job_dir(workdir, job, config.name)
   marker = os.path.join(path, RUN_MARKER)
-  settings = run_settings(config)
+  current = {"settings": run_settings(config), "fingerprints": content_fingerprints(config)}
   if os.path.isfile(marker):
     with open(marker) as f:
       started = json.load(f)
-    if started == settings:
+    if started == current:
       logging.info("Resuming the unfinished run in %s.", path)
       return path
-    changed = sorted(k for k in set(started) | set(settings) if started.get(k) != settings.get(k))
     if not config.overwrite:
-      raise FileExistsError(
-          f"{path} holds an unfinished run started with other settings (differing: {changed}). "
-          "Re-run with the same config to resume it, choose another --config.name or --workdir, "
-          "or pass --config.overwrite=True to start afresh.")
+      raise FileExistsError(_why_not_resumed(path, config, started, current))
   elif os.path.isdir(path) and os.listdir(path) and not config.overwrite:
     raise FileExistsError(f"Output directory {path} already holds a finished run; choose another "
                           "--config.name or --workdir, or pass --config.overwrite=True.")
   for stale in ("finetune", "finetuned_cascade"):
     shutil.rmtree(os.path.join(path, stale), ignore_errors=True)
   os.makedirs(path, exist_ok=True)
-  outputs.write_json(marker, settings)
+  outputs.write_json(marker, current)
   return path
+
+
+def _why_not_resumed(path: str, config, started: dict, current: dict) -> str:
+  """The refusal to resume the unfinished run in `path`: which settings differ, which inputs have
+  other content, and what to do."""
+  differ = lambda a, b: sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+  settings = differ(started.get("settings", {}), current["settings"])
+  content = differ(started.get("fingerprints", {}), current["fingerprints"])
+  reasons = []
+  if settings:
+    reasons.append(f"started with other settings (differing: {settings})")
+  if content:
+    named = ", ".join(f"config.{k} ({config_utils.field(config, k)})" for k in content)
+    reasons.append(f"whose inputs have other content now: {named} (same path, other bytes)")
+  return (f"{path} holds an unfinished run {' and '.join(reasons)}. Re-run with the same config "
+          "and files to resume it, choose another --config.name or --workdir, or pass "
+          "--config.overwrite=True to start afresh.")
 
 
 def run_settings(config) -> dict:
@@ -163,6 +204,34 @@ def run_settings(config) -> dict:
 
 def mark_finished(out_root: str) -> None:
   os.remove(os.path.join(out_root, RUN_MARKER))
+
+
+def content_fingerprints(config) -> dict[str, str]:
+  """{config field: sha256 of the bytes it names} for the files a run is made from: the input (a
+  video, an image, or a folder of frames or images), the cascade checkpoint folder and the T5
+  folder (every file below them but hidden ones: weights, configs, tokenizer). Settings name
+  paths; these say whether the same paths still hold the same data (`data.fingerprint`, remembered
+  per process, so the weights are read once)."""
+  prints = {}
+  if config.get("input"):
+    prints["input"] = _path_sha256(config.input)
+  if config.get("checkpoint"):
+    prints["checkpoint"] = _path_sha256(config.checkpoint)
+  if config.cascade.text.get("encoder", "t5") == "t5" and config.text.t5_dir:
+    prints["text.t5_dir"] = _path_sha256(config.text.t5_dir)
+  return prints
+
+
+def _path_sha256(path: str) -> str:
+  """The content fingerprint of a file, or of a folder's (non-hidden) files by relative path."""
+  if not os.path.isdir(path):
+    return fingerprint.file_sha256(path)
+  names = []
+  for folder, subfolders, files in os.walk(path):
+    subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+    names += [os.path.relpath(os.path.join(folder, f), path) for f in files
+              if not f.startswith(".")]
+  return fingerprint.files_sha256(path, names)
 
 
 def peak_device_bytes() -> int | None:
@@ -179,19 +248,33 @@ def slug(text: str, max_len: int = 48) -> str:
 def write_result(directory: str, output, fps: float, meta: dict, *, input_video=None,
                  stage_outputs: dict | None = None) -> None:
   """Writes output.mp4/.gif, input.mp4 (if any), comparison.png (input over output, or each stage's
-  output for text-to-video) and meta.json into `directory`. Videos: (T, H, W, 3) in [−1, 1]."""
-  os.makedirs(directory, exist_ok=True)
-  output = np.asarray(output)
-  outputs.write_mp4(os.path.join(directory, "output.mp4"), output, fps)
-  outputs.write_gif(os.path.join(directory, "output.gif"), output, fps)
-  if input_video is not None:
-    outputs.write_mp4(os.path.join(directory, "input.mp4"), np.asarray(input_video), fps)
-    rows, labels = [np.asarray(input_video), output], ["input", "output"]
-  else:
-    rows = [np.asarray(v) for v in (stage_outputs or {"output": output}).values()]
-    labels = list((stage_outputs or {"output": output}).keys())
-  outputs.write_comparison_png(os.path.join(directory, "comparison.png"), rows, labels)
-  outputs.write_json(os.path.join(directory, "meta.json"), meta)
+  output for text-to-video) and meta.json as the folder `directory`. Videos: (T, H, W, 3) in
+  [−1, 1].
+
+  The folder appears whole or not at all: the files are written into a hidden temporary folder
+  beside it, which then replaces any earlier `directory` (a resumed run rewriting it); an error or
+  a preemption part-way removes the temporary folder."""
+  parent, name = os.path.split(os.path.normpath(directory))
+  os.makedirs(parent, exist_ok=True)
+  staging = os.path.join(parent, f".{name}.tmp-{secrets.token_hex(4)}")
+  os.mkdir(staging)  # (not mkdtemp: its 0700 mode would stay with the results)
+  try:
+    output = np.asarray(output)
+    outputs.write_mp4(os.path.join(staging, "output.mp4"), output, fps)
+    outputs.write_gif(os.path.join(staging, "output.gif"), output, fps)
+    if input_video is not None:
+      outputs.write_mp4(os.path.join(staging, "input.mp4"), np.asarray(input_video), fps)
+      rows, labels = [np.asarray(input_video), output], ["input", "output"]
+    else:
+      rows = [np.asarray(v) for v in (stage_outputs or {"output": output}).values()]
+      labels = list((stage_outputs or {"output": output}).keys())
+    outputs.write_comparison_png(os.path.join(staging, "comparison.png"), rows, labels)
+    outputs.write_json(os.path.join(staging, "meta.json"), meta)
+    shutil.rmtree(directory, ignore_errors=True)
+    os.rename(staging, directory)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
 
 
 class Timer:

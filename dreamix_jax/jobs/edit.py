@@ -5,8 +5,10 @@ prompt × seed × noise level s (`dreamix.edit`).
 
 Outputs: `<workdir>/edit/<name>/<k>_<prompt>_seed<n>_s<s>/` with input.mp4, output.mp4,
 output.gif, comparison.png and meta.json. Every input and setting is checked before anything is
-created, so a bad one leaves nothing behind. Re-running a job that was preempted (or crashed)
-resumes it (`common.open_output_dir`): its finetune continues from `finetune/<stage>/`.
+created, so a bad one leaves nothing behind. While it runs, `<workdir>/edit/<name>.lock` keeps a
+second run out of the folder. Re-running a job that was preempted (or crashed) resumes it
+(`common.open_output_dir`) if its settings and the content of its input and weights are unchanged:
+its finetune continues from `finetune/<stage>/`.
 The image-to-video job (`jobs.image2video`) reuses `finetune_and_edit` on a video made from an
 image.
 """
@@ -33,14 +35,11 @@ def run(config, workdir: str) -> list[str]:
 
 
 def validate(config):
-  """Checks the settings (noise levels, prompts, seeds, finetune ranges and stages) before
+  """Checks the settings (name, noise levels, prompts, seeds, finetune ranges and stages) before
   anything is loaded or written; returns a Timer."""
+  common.check_config(config)
   for s in config.noise_levels if "noise_levels" in config else ():
     corrupt.check_noise_level(s)
-  for field in ("prompts", "seeds", "noise_levels"):
-    if field in config and not config[field]:
-      raise ValueError(f"config.{field} is empty: give at least one, e.g. "
-                       f"--config.{field}='(...,)'.")
   finetune.check_config(config.finetune)
   finetune.top_finetune_stage(list(config.cascade.order), config.finetune)  # known stages
   return common.Timer()
@@ -73,24 +72,23 @@ def finetune_and_edit(config, workdir, job, cascade, params, embedder, timer, vi
   """Finetunes on `video` (1, T, H, W, 3) at stage `top_name`'s resolution and writes one edit per
   prompt × seed × s; returns the result folders."""
   text, mask = embedder(list(config.prompts))  # before any output: long prompts warn, bad ones fail
-  out_root = common.open_output_dir(workdir, job, config)
-  params = maybe_finetune(config, out_root, cascade, params, embedder, timer, video)
-  base_pixels = edit.base_view(cascade, video, top_name)
-  last = cascade.stages[-1]
-  input_at_output = edit.input_at_output_resolution(cascade, video, top_name)
-  folders = []
-  for i, prompt in enumerate(config.prompts):
-    for seed in config.seeds:
-      for s in config.noise_levels:
-        final = edit.edit_video(cascade, params, base_pixels, text[i:i + 1], mask[i:i + 1], s,
-                                seed, timer=timer)
-        folder = os.path.join(out_root, f"{i:03d}_{common.slug(prompt)}_seed{seed}_s{s:g}")
-        meta = dict(extra_meta or {}, job=job, input=source, prompt=prompt, seed=seed, s=s,
-                    checkpoint=config.checkpoint, finetune=config.finetune.to_dict(),
-                    output_shape=list(final.shape), fps=last.fps, timings=dict(timer.phases),
-                    peak_device_bytes=common.peak_device_bytes())
-        common.write_result(folder, final, last.fps, meta, input_video=input_at_output)
-        folders.append(folder)
-        logging.info("edit written to %s", folder)
-  common.mark_finished(out_root)
+  with common.output_run(workdir, job, config) as out_root:
+    params = maybe_finetune(config, out_root, cascade, params, embedder, timer, video)
+    base_pixels = edit.base_view(cascade, video, top_name)
+    last = cascade.stages[-1]
+    input_at_output = edit.input_at_output_resolution(cascade, video, top_name)
+    folders = []
+    for i, prompt in enumerate(config.prompts):
+      for seed in config.seeds:
+        for s in config.noise_levels:
+          final = edit.edit_video(cascade, params, base_pixels, text[i:i + 1], mask[i:i + 1], s,
+                                  seed, timer=timer)
+          folder = os.path.join(out_root, f"{i:03d}_{common.slug(prompt)}_seed{seed}_s{s:g}")
+          meta = dict(extra_meta or {}, job=job, input=source, prompt=prompt, seed=seed, s=s,
+                      checkpoint=config.checkpoint, finetune=config.finetune.to_dict(),
+                      output_shape=list(final.shape), fps=last.fps, timings=dict(timer.phases),
+                      peak_device_bytes=common.peak_device_bytes())
+          common.write_result(folder, final, last.fps, meta, input_video=input_at_output)
+          folders.append(folder)
+          logging.info("edit written to %s", folder)
   return folders

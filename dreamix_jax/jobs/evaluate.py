@@ -42,6 +42,7 @@ from typing import Protocol
 import numpy as np
 from absl import logging
 
+from dreamix_jax import config_utils
 from dreamix_jax.data import report, video as video_io
 from dreamix_jax.research import caption_classifier, caption_fit, mean_drift
 from dreamix_jax.shapes import ablation, probe, scoring, text2video, world as shapes
@@ -88,12 +89,32 @@ def run(config, workdir: str) -> dict[str, str]:
                      "configs/eval.py:outputs=<dir>) and config.benchmark (configs/eval.py:"
                      f"benchmark=shapes); got outputs={config.outputs!r}, "
                      f"benchmark={config.benchmark!r}.")
-  os.makedirs(workdir, exist_ok=True)
   if config.benchmark:
+    check_benchmark_config(config)
+    os.makedirs(workdir, exist_ok=True)
     return run_benchmark(config, workdir)
+  os.makedirs(workdir, exist_ok=True)
   rows = score_folders(config.outputs, clip_dir=config.clip_dir,
                        lpips_weights=config.lpips_weights)
   return write_scores(workdir, rows)
+
+
+# Per benchmark, the fields that name a stage ("" = the last) and the lists that must not be empty.
+_STAGE_FIELDS = {"shapes": ("ablation.upto",), "text2video": ("text2video.upto",)}
+_LIST_FIELDS = {"classifier": ("classifier.logsnrs",),
+                "drift": ("drift.logsnrs",), "caption_fit": ("caption_fit.attributes",)}
+
+
+def check_benchmark_config(config) -> None:
+  """Checks the fields `config.benchmark` reads that name a stage or list what to run, before
+  anything is loaded or written; raises a ValueError naming the field."""
+  if config.benchmark not in BENCHMARKS:
+    raise ValueError(f"Unknown benchmark {config.benchmark!r}; use one of {tuple(BENCHMARKS)}.")
+  for name in _STAGE_FIELDS.get(config.benchmark, ()):
+    config_utils.check_stage(name, config_utils.field(config, name), config.cascade.order,
+                             empty_means="the last stage")
+  for name in _LIST_FIELDS.get(config.benchmark, ()):
+    config_utils.check_not_empty(name, config_utils.field(config, name))
 
 
 def load_upto(config) -> str:
@@ -102,10 +123,9 @@ def load_upto(config) -> str:
 
 
 def run_benchmark(config, workdir: str) -> dict[str, str]:
-  """Loads what `config.benchmark` needs and runs its `BENCHMARKS` entry; returns its paths."""
-  benchmark = BENCHMARKS.get(config.benchmark)
-  if benchmark is None:
-    raise ValueError(f"Unknown benchmark {config.benchmark!r}; use one of {tuple(BENCHMARKS)}.")
+  """Loads what `config.benchmark` needs and runs its `BENCHMARKS` entry; returns its paths.
+  `config` has passed `check_benchmark_config`."""
+  benchmark = BENCHMARKS[config.benchmark]
   timer = common.Timer()
   with timer("load"):
     cascade, params = common.load_cascade(config, upto=load_upto(config))

@@ -12,7 +12,8 @@ train split is the same as in the TFDS `moving_shapes` builder), `"tfds"` reads 
 array_record dataset (`data.tfds_name`, `data.tfds_dir`; e.g. `video_folder` for your own videos).
 Batch k is a function of (seed, k) only, so resuming repeats exactly the same data.
 
-Writes `<workdir>/checkpoints/<stage>/` (orbax, resumable; saved every `checkpoint_every` steps and
+Writes `<workdir>/checkpoints/<stage>/` (orbax, resumable; `<stage>.lock` beside it keeps a second
+run of the stage out while this one runs; saved every `checkpoint_every` steps and
 `checkpoint_every_minutes`, and on SIGTERM/SIGINT, which end the run with exit code 75),
 `<workdir>/cascade/<stage>.safetensors` (EMA params, refreshed at every checkpoint: the cascade
 directory sampling jobs read), TensorBoard scalars and sample strips in
@@ -30,10 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from dreamix_jax import cascade as cascade_lib, parallel
+from dreamix_jax import cascade as cascade_lib, config_utils, parallel
 from dreamix_jax.data import outputs, pipeline
 from dreamix_jax.shapes import world as shapes
-from dreamix_jax.jobs import common
+from dreamix_jax.jobs import common, lock
 from dreamix_jax.backbones import base as backbone_base
 from dreamix_jax.train import checkpoints, loop as loop_lib, losses, state as state_lib
 
@@ -180,6 +181,8 @@ def run(config, workdir: str):
   if config.stage not in cascade.names:
     raise ValueError(f"config.stage {config.stage!r} is not a stage of cascade "
                      f"{config.cascade.name!r}; choose one of {cascade.names}.")
+  if config.sample_every:
+    config_utils.check_not_empty("sample_prompts", config.sample_prompts)
   stage = cascade.stage(config.stage)
   loop_cfg = loop_lib.LoopConfig(steps=config.steps, seed=config.seed, log_every=config.log_every,
                                  checkpoint_every=config.checkpoint_every,
@@ -226,28 +229,27 @@ def run(config, workdir: str):
                            process_index=jax.process_index(), process_count=jax.process_count())
   batch_fn = batch_maker if layout is None else _global_batches(batch_maker, layout)
   sample_text, sample_mask = embedder(list(config.sample_prompts))
-  writer = metric_writer(os.path.join(workdir, "tensorboard", stage.name),
-                         primary=parallel.is_primary())
-  cascade_dir = os.path.join(workdir, "cascade")
+  checkpoint_dir = os.path.join(workdir, "checkpoints", stage.name)
+  with lock.hold(checkpoint_dir):
+    writer = metric_writer(os.path.join(workdir, "tensorboard", stage.name),
+                           primary=parallel.is_primary())
+    cascade_dir = os.path.join(workdir, "cascade")
 
-  def on_checkpoint(step, state):
-    ema_params = parallel.to_host(state.eval_params)  # every process takes part in the gather
-    if parallel.is_primary():
-      checkpoints.save_cascade_stage(cascade_dir, stage.name, ema_params, config.cascade,
-                                     metadata={"step": str(step), "stage": stage.name})
-    if config.sample_every and step % config.sample_every == 0:
-      _write_samples(writer, step, cascade, stage, ema_params, sample_text, sample_mask,
-                     batch_maker)
+    def on_checkpoint(step, state):
+      ema_params = parallel.to_host(state.eval_params)  # every process takes part in the gather
+      if parallel.is_primary():
+        checkpoints.save_cascade_stage(cascade_dir, stage.name, ema_params, config.cascade,
+                                       metadata={"step": str(step), "stage": stage.name})
+      if config.sample_every and step % config.sample_every == 0:
+        _write_samples(writer, step, cascade, stage, ema_params, sample_text, sample_mask,
+                       batch_maker)
 
-  try:
-    final, history = loop_lib.run(
-        loop_cfg, train_state, step_fn, batch_fn,
-        checkpoint_dir=os.path.join(workdir, "checkpoints", stage.name),
-        meta={"stage": stage.name}, writer=writer, on_checkpoint=on_checkpoint,
-        layout=layout, state_shardings=state_shardings)
-  finally:
-    writer.flush()  # also when preempted or stopped: the summaries so far are kept
-  return final, history
+    try:
+      return loop_lib.run(loop_cfg, train_state, step_fn, batch_fn, checkpoint_dir=checkpoint_dir,
+                          meta={"stage": stage.name}, writer=writer, on_checkpoint=on_checkpoint,
+                          layout=layout, state_shardings=state_shardings)
+    finally:
+      writer.flush()  # also when preempted or stopped: the summaries so far are kept
 
 
 class LogAndPngWriter:

@@ -23,11 +23,9 @@ def run(config, workdir: str) -> list[str]:
     images = video_io.read_image_collection(config.input, top.height, top.width)
     frames = subject.pack_images(images, top.frames)
   embedder(list(config.prompts))  # unusable prompts fail (long ones warn) before any output exists
-  out_root = common.open_output_dir(workdir, "subject", config)
-  params = edit.maybe_finetune(config, out_root, cascade, params, embedder, timer, frames[None])
-  folders = text2video.sample_prompts(
-      cascade, params, embedder, list(config.prompts), list(config.seeds), out_root, timer,
-      extra_meta={"subject_images": len(images), "input": config.input,
-                  "finetune": config.finetune.to_dict()})
-  common.mark_finished(out_root)
-  return folders
+  with common.output_run(workdir, "subject", config) as out_root:
+    params = edit.maybe_finetune(config, out_root, cascade, params, embedder, timer, frames[None])
+    return text2video.sample_prompts(
+        cascade, params, embedder, list(config.prompts), list(config.seeds), out_root, timer,
+        extra_meta={"subject_images": len(images), "input": config.input,
+                    "finetune": config.finetune.to_dict()})

@@ -10,7 +10,10 @@ prompt × seed.
 Outputs in `<workdir>/sweep/<name>/`: per prompt × seed a folder `<k>_<prompt>_seed<n>/` holding one
 result folder per setting (`<j>_<setting>/`: output.mp4, input.mp4, output.gif, comparison.png,
 meta.json) and `grid.png` (the input, then one row per setting, frames side by side, labelled);
-`input.mp4` and `index.html`, which embeds every video under its label.
+`input.mp4` and `index.html`, which embeds every video under its label. A sweep stopped part-way
+(SIGTERM, Ctrl-C, a crash) is resumed by the same command: its finetunes continue from their
+checkpoints in `finetune/` (removed when the sweep is done), so the results are those of an
+uninterrupted run.
 """
 
 from __future__ import annotations
@@ -18,19 +21,22 @@ from __future__ import annotations
 import collections
 import html
 import os
+import shutil
 
 from dreamix_jax.data import outputs, report, video as video_io
 from dreamix_jax.dreamix import edit, finetune
-from dreamix_jax.dreamix.sweep import NO_FINETUNING, Setting, parse_settings, plan
+from dreamix_jax.dreamix.sweep import Setting, parse_settings, plan
 from dreamix_jax.jobs import common
+
 
 def run(config, workdir: str) -> list[str]:
   """Runs the sweep; returns the result folders in the order they were made."""
+  common.check_config(config)
+  finetune.check_config(config.finetune)
+  finetune.top_finetune_stage(list(config.cascade.order), config.finetune)  # known stages
   alphas = dict(config.alphas)
   settings = parse_settings(config.settings, alphas)
   runs = plan(settings, alphas)
-  if not config.prompts:
-    raise ValueError("No prompts given: set config.prompts.")
   timer = common.Timer()
   with timer("load"):
     cascade, params = common.load_cascade(config)
@@ -39,13 +45,25 @@ def run(config, workdir: str) -> list[str]:
   with timer("read_input"):
     video = video_io.read_video(config.input, top.frames, top.height, top.width,
                                 fps=top.fps)[None]
-  out_root = common.output_dir(workdir, "sweep", config.name, config.overwrite)
-  base_view = edit.base_view(cascade, video, top.name)
-  input_at_output = edit.input_at_output_resolution(cascade, video, top.name)
-  fps = cascade.stages[-1].fps
-  outputs.write_mp4(os.path.join(out_root, "input.mp4"), input_at_output, fps)
-  text, mask = embedder(list(config.prompts))
+  text, mask = embedder(list(config.prompts))  # before any output: long prompts warn, bad ones fail
   t_star, t_star_mask = embedder([config.finetune.prompt])
+  with common.output_run(workdir, "sweep", config) as out_root:
+    folders = _sweep(config, out_root, cascade, params, video, top.name, (text, mask),
+                     (t_star, t_star_mask), settings, runs, timer)
+    shutil.rmtree(os.path.join(out_root, "finetune"), ignore_errors=True)
+  return folders
+
+
+def _sweep(config, out_root, cascade, params, video, top_name, prompts, t_star, settings, runs,
+           timer) -> list[str]:
+  """The sweep's finetunes and edits into `out_root`, then each case's grid, `input.mp4` and
+  `index.html`. The finetunes checkpoint into `<out_root>/finetune/<mode>/` (a re-run after a
+  preemption resumes them exactly); every file is rewritten on a resumed run."""
+  alphas = dict(config.alphas)
+  text, mask = prompts
+  base_view = edit.base_view(cascade, video, top_name)
+  input_at_output = edit.input_at_output_resolution(cascade, video, top_name)
+  fps = cascade.stages[-1].fps
   cases = [(i, prompt, seed) for i, prompt in enumerate(config.prompts) for seed in config.seeds]
   case_dirs = {(i, seed): os.path.join(out_root, f"{i:03d}_{common.slug(prompt)}_seed{seed}")
                for i, prompt, seed in cases}
@@ -59,8 +77,9 @@ def run(config, workdir: str) -> list[str]:
       cfg = config.finetune.copy_and_resolve_references()
       with cfg.unlocked():
         cfg.alpha = finetune_run.alpha
-      states = finetune.finetune_at_steps(cascade, params, video, t_star, t_star_mask, cfg,
-                                         finetune_run.steps)
+      states = finetune.finetune_at_steps(
+          cascade, params, video, *t_star, cfg, finetune_run.steps,
+          checkpoint_root=os.path.join(out_root, "finetune", finetune_run.mode))
     for steps, tuned in _timed(states, timer, f"finetune_{finetune_run.mode}"):
       for s in finetune_run.noise_levels[steps]:
         setting = Setting(finetune_run.mode, steps, s)
@@ -80,6 +99,7 @@ def run(config, workdir: str) -> list[str]:
     rows = [input_at_output] + [videos[i, seed][s][1] for s in settings]
     labels = ["input"] + [s.label(alphas.get(s.mode)) for s in settings]
     outputs.write_comparison_png(os.path.join(case_dirs[i, seed], "grid.png"), rows, labels)
+  outputs.write_mp4(os.path.join(out_root, "input.mp4"), input_at_output, fps)
   report.write_text(os.path.join(out_root, "index.html"),
                     _index_html(out_root, config.input, cases, case_dirs, settings, alphas, videos))
   return folders

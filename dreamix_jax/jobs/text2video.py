@@ -15,20 +15,22 @@ from dreamix_jax.jobs import common
 
 
 def run(config, workdir: str) -> list[str]:
-  """Writes `<workdir>/text2video/<name>/<k>_<prompt>_seed<s>/` per sample; returns those folders."""
+  """Writes `<workdir>/text2video/<name>/<k>_<prompt>_seed<s>/` per sample; returns those folders.
+  A run stopped part-way (preempted) leaves its finished samples, and the same command resumes it
+  (`common.output_run`)."""
+  common.check_config(config)
   timer = common.Timer()
   with timer("load"):
     cascade, params = common.load_cascade(config)
     embedder = common.make_embedder(config, cascade)
-  out_root = common.output_dir(workdir, "text2video", config.name, config.overwrite)
-  return sample_prompts(cascade, params, embedder, list(config.prompts), list(config.seeds),
-                        out_root, timer, extra_meta={"checkpoint": config.checkpoint})
+  embedder(list(config.prompts))  # unusable prompts fail (long ones warn) before any output exists
+  with common.output_run(workdir, "text2video", config) as out_root:
+    return sample_prompts(cascade, params, embedder, list(config.prompts), list(config.seeds),
+                          out_root, timer, extra_meta={"checkpoint": config.checkpoint})
 
 
 def sample_prompts(cascade, params, embedder, prompts, seeds, out_root, timer, extra_meta=None):
   """Text-to-video for every prompt × seed (shared by the text2video and subject jobs)."""
-  if not prompts:
-    raise ValueError("No prompts given: set config.prompts.")
   text, mask = embedder(prompts)
   folders = []
   total = len(prompts) * len(seeds)

@@ -76,8 +76,10 @@ def run(loop: LoopConfig, train_state: state_lib.TrainState, step_fn: Callable,
   if layout is not None:
     # A fresh copy on the mesh: the step donates its state and the caller's arrays must survive.
     train_state = parallel.copy_to(train_state, state_shardings)
+  last_good = None  # the step of the newest checkpoint in `checkpoint_dir`, once there is one
   if ckpt is not None and ckpt.latest_step() is not None:
     train_state, _ = ckpt.restore(train_state)
+    last_good = int(train_state.step)
     _log(logging.INFO, "[%s] resumed from step %d (%s).", loop.name, int(train_state.step),
          checkpoint_dir)
   elif layout is None:
@@ -97,7 +99,6 @@ def run(loop: LoopConfig, train_state: state_lib.TrainState, step_fn: Callable,
                      out_shardings=(state_shardings, layout.replicated))
   history = []
   t0 = time.time()
-  last_good = start
   clock = preemption.CheckpointClock(loop.checkpoint_every, loop.checkpoint_every_minutes)
 
   def save(done):
@@ -133,7 +134,8 @@ def run(loop: LoopConfig, train_state: state_lib.TrainState, step_fn: Callable,
         if done < loop.steps and guard.should_stop():
           if ckpt is not None and last_good != done:
             save(done)
-          raise preemption.Preempted(loop.name, done, checkpoint_dir, guard.requested or "signal")
+          raise preemption.Preempted.in_training(loop.name, done, checkpoint_dir,
+                                                guard.requested or "signal")
   finally:
     batches.close()
     if ckpt is not None:
@@ -172,9 +174,11 @@ class Prefetcher:
       self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _nonfinite(loop: LoopConfig, step: int, metrics: dict, last_good: int, checkpoint_dir):
-  """Warns (`on_nonfinite='skip'`) or raises `NonFiniteLossError` naming the step, the run (stage)
-  and which loss variants (e.g. loss_video / loss_frames of the mixed objective) were non-finite."""
+def _nonfinite(loop: LoopConfig, step: int, metrics: dict, last_good: int | None,
+               checkpoint_dir):
+  """Warns (`on_nonfinite='skip'`) or raises `NonFiniteLossError` naming the step, the run (stage),
+  which loss variants (e.g. loss_video / loss_frames of the mixed objective) were non-finite and
+  the newest checkpoint there is (`last_good`: its step, None when none was saved)."""
   variants = {k: float(v) for k, v in metrics.items() if k.startswith("loss_")}
   bad = sorted(k for k, v in variants.items() if not np.isfinite(v))
   which = f"; non-finite variants: {', '.join(bad)}" if bad else ""
@@ -182,13 +186,15 @@ def _nonfinite(loop: LoopConfig, step: int, metrics: dict, last_good: int, check
          f"grad_norm={float(metrics['grad_norm'])}{which}); the update was not applied.")
   if loop.on_nonfinite == "stop":
     if not checkpoint_dir:
-      kept = "No checkpoint directory was configured"
-    elif last_good:
+      kept = "No checkpoint directory was configured, so nothing was saved"
+    elif last_good is not None:
       kept = f"Last good checkpoint: step {last_good} in {checkpoint_dir}"
-    else:
-      kept = f"No checkpoint was saved yet in {checkpoint_dir}"
-    raise NonFiniteLossError(f"{msg} {kept}. Lower the learning rate or check the data, or set "
-                             "on_nonfinite='skip' to skip such updates.")
+    else:  # e.g. a run started from `init_from` weights that diverged before its first checkpoint
+      kept = (f"No checkpoint was saved yet in {checkpoint_dir}: the run diverged from its initial "
+              "parameters (a re-run starts from them again)")
+    raise NonFiniteLossError(f"{msg} {kept}. Lower the learning rate, check the data and the "
+                             "initial weights (init_from), or set on_nonfinite='skip' to skip "
+                             "such updates.")
   _log(logging.WARNING, "%s", msg)
 
 

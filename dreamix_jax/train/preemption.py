@@ -7,6 +7,13 @@ turns into exit code `EXIT_CODE` and a message saying how to resume (re-run the 
 second signal while the first is being handled falls through to the previous handler (Ctrl-C twice
 still interrupts at once).
 
+Outside the training loop (loading weights, sampling, writing outputs) a `JobGuard`, held for a
+whole job, turns the first signal into `Preempted` raised where the job is: the job unwinds through
+its `finally` blocks and atomic writers (no half-written file is left in place, locks are released)
+and ends with the same exit code. Work done so far is kept: finished results, the finetune's
+checkpoints and the run marker that lets the same command resume. The loop's `Guard` takes
+precedence while it is active, so training still stops at a step boundary with a checkpoint.
+
 `CheckpointClock` decides when the periodic checkpoints are due: every `every_steps` steps and/or
 every `every_minutes` minutes of wall time. On several processes every decision is agreed on
 (any process's "yes" counts), so all of them save the same step together.
@@ -26,15 +33,25 @@ EXIT_CODE = 75
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class Preempted(Exception):
-  """The run was stopped by a signal after saving a checkpoint at `step` in `checkpoint_dir`."""
+class Preempted(BaseException):
+  """The run was stopped by a signal; the message says what was kept and to re-run to resume.
 
-  def __init__(self, name: str, step: int, checkpoint_dir: str | None, signal_name: str):
+  A BaseException, as KeyboardInterrupt: `JobGuard` raises it from a signal handler, i.e. in
+  whatever code is running, and an `except Exception` there (logging's handlers, a library's
+  fallback) must not swallow it."""
+
+  def __init__(self, message: str, step: int | None = None, checkpoint_dir: str | None = None):
+    super().__init__(message)
     self.step, self.checkpoint_dir = step, checkpoint_dir
+
+  @classmethod
+  def in_training(cls, name: str, step: int, checkpoint_dir: str | None,
+                  signal_name: str) -> "Preempted":
+    """Stopped by the training loop after saving a checkpoint at `step` in `checkpoint_dir`."""
     where = (f"a checkpoint at step {step} is in {checkpoint_dir}" if checkpoint_dir else
              "no checkpoint directory was configured, so nothing was saved")
-    super().__init__(f"[{name}] preempted by {signal_name} at step {step}: {where}. Re-run the "
-                     "same command to resume from it.")
+    return cls(f"[{name}] preempted by {signal_name} at step {step}: {where}. Re-run the same "
+               "command to resume from it.", step, checkpoint_dir)
 
 
 class Guard:
@@ -73,6 +90,36 @@ class Guard:
   def should_stop(self) -> bool:
     """Whether any process received a signal (agreed across processes)."""
     return agree(self.requested is not None)
+
+
+class JobGuard:
+  """Context manager for a whole job: the first SIGTERM/SIGINT raises `Preempted` wherever the job
+  is (outside an active `Guard`) and restores the previous handlers, so a second signal acts as
+  if no guard were there. Inert off the main thread, as `Guard`."""
+
+  def __init__(self, job: str):
+    self.job = job
+    self._previous: dict[int, object] = {}
+
+  def __enter__(self) -> "JobGuard":
+    if threading.current_thread() is threading.main_thread():
+      for sig in SIGNALS:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self._restore()
+
+  def _restore(self) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    self._previous.clear()
+
+  def _handle(self, signum, frame) -> None:
+    self._restore()
+    raise Preempted(f"[{self.job}] preempted by {signal.Signals(signum).name} outside training "
+                    "(loading, sampling or writing): finished results and checkpoints are kept, "
+                    "nothing half-written. Re-run the same command to resume.")
 
 
 class CheckpointClock:

@@ -44,7 +44,10 @@ noise = lambda shape: np.random.default_rng(0).integers(0, 256, shape, dtype=np.
 checkpoints.save_params(ckpt, {"w": np.arange(8, dtype=np.float32)})
 outputs.write_mp4(mp4, noise((2, 16, 16, 3)), fps=8)
 before = open(target, "rb").read()
-if mode == "tmpfs":  # a filler leaving 16 KiB of the 1 MiB free
+if mode == "readonly":  # the same tmpfs, remounted read-only
+  import subprocess
+  subprocess.run(["mount", "-o", "remount,ro", folder], check=True)
+elif mode == "tmpfs":  # a filler leaving 16 KiB of the 1 MiB free
   stat = os.statvfs(folder)
   with open(os.path.join(folder, "filler"), "wb") as f:
     f.write(b"\0" * (stat.f_bavail * stat.f_frsize - 16 * 1024))
@@ -85,15 +88,17 @@ def _can_mount_tmpfs(folder):
   return probe.returncode == 0
 
 
-@pytest.mark.parametrize("mode", ["tmpfs", "inject"])
+@pytest.mark.parametrize("mode", ["tmpfs", "inject", "readonly"])
 @pytest.mark.parametrize("what", ["checkpoint", "mp4"])
 def test_full_disk_exits_2_and_keeps_the_previous_file(tmp_path, what, mode):
+  """`readonly`: the file system refuses every write (EROFS), the same exit-2 path as a full
+  disk, a permission error or a quota (errors the user fixes, not bugs)."""
   script = tmp_path / "job.py"
   script.write_text(_JOB)
   folder = tmp_path / "workdir"
   folder.mkdir()
   command = [sys.executable, str(script), what, str(folder), mode]
-  if mode == "tmpfs":
+  if mode in ("tmpfs", "readonly"):
     if not _can_mount_tmpfs(folder):
       pytest.skip("this machine does not allow mounting a tmpfs in a private mount namespace")
     command = ["unshare", "-rm", "sh", "-c",
@@ -112,8 +117,10 @@ def test_full_disk_exits_2_and_keeps_the_previous_file(tmp_path, what, mode):
   assert result.returncode == 2, result.stderr[-3000:]
   assert "Traceback" not in result.stderr
   target = folder / ("base.safetensors" if what == "checkpoint" else "output.mp4")
+  what_fix = ("read-only file system", "mount it writable") if mode == "readonly" else (
+      "no space left on the device", "free space there")
   assert result.stderr.strip().splitlines()[-1] == (
-      f"error: no space left on the device ({target}): free space there or give a --workdir "
+      f"error: {what_fix[0]} ({target}): {what_fix[1]} or give a --workdir "
       "elsewhere, then re-run the same command (it resumes).")
   left = ["base.safetensors", "output.mp4"] + (["filler"] if mode == "tmpfs" else [])
   assert result.stdout.split() == ["INTACT", ",".join(sorted(left))]  # no temporary left

@@ -83,8 +83,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
   if destination.is_dir():
     raise ValueError(f"Output path {destination} is a folder; give a file name.")
   destination.parent.mkdir(parents=True, exist_ok=True)
-  handle, temporary = tempfile.mkstemp(prefix=f".{destination.stem}.tmp-",
-                                       suffix=destination.suffix, dir=destination.parent)
+  try:
+    handle, temporary = tempfile.mkstemp(prefix=f".{destination.stem}.tmp-",
+                                         suffix=destination.suffix, dir=destination.parent)
+  except OSError as e:  # e.g. a read-only or full file system: name the file the user asked for
+    e.filename = str(destination)
+    raise
   os.close(handle)
   try:
     yield temporary

@@ -7,8 +7,9 @@ The config (locked: a misspelt field is an error; any field can be overridden, e
 Exit codes: 0 done; 2 bad input or config, or a file system that refuses a write (full disk, quota,
 permissions, read-only): one line on stderr saying what is wrong and what to do; 1 anything else
 (a bug: a traceback); 3 training stopped on a non-finite loss (the last good checkpoint is kept);
-`preemption.EXIT_CODE` (75) preempted by SIGTERM/SIGINT after saving a checkpoint: re-run the same
-command to resume.
+`preemption.EXIT_CODE` (75) preempted by SIGTERM/SIGINT (in training after saving a checkpoint;
+elsewhere with every finished result kept and nothing half-written): re-run the same command to
+resume. The whole catalogue: docs/failures.md.
 """
 
 from __future__ import annotations

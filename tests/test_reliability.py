@@ -590,6 +590,10 @@ def test_an_absolute_name_with_overwrite_deletes_nothing_outside_the_workdir(tmp
     ("sweep", "seeds", (), r"^config.seeds is empty"),
     ("sweep", "prompts", (), r"^config.prompts is empty"),
     ("edit", "finetune.stages", (), r"^config.finetune.stages is empty"),
+    ("edit", "finetune.stages", ("bsae",), r"^finetune.stages names \['bsae'\], which the "
+                                          r"cascade does not have"),
+    ("edit", "noise_levels", (), r"^config.noise_levels is empty"),
+    ("image2video", "seeds", (), r"^config.seeds is empty"),
     ("sweep", "alphas", {"x/y": 0.5}, r"^config.alphas has mode 'x/y': a mode names result and "
                                       r"checkpoint folders"),
     ("sweep", "alphas", {"mixed": 1.5}, r"^config.alphas.mixed must be in \[0, 1\]"),

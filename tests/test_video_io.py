@@ -423,3 +423,10 @@ def test_huge_image_is_a_clear_error(tmp_path, monkeypatch):
   monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
   with pytest.raises(video.VideoInputError, match="too large to decode safely.*downscale it"):
     video.read_image(str(path), 16, 16)
+
+
+def test_an_output_path_that_is_a_folder_is_refused(tmp_path):
+  (tmp_path / "out.png").mkdir()
+  with pytest.raises(ValueError, match=r"out.png is a folder; give a file name"):
+    outputs.write_png(tmp_path / "out.png", np.zeros((4, 4, 3), np.uint8))
+  assert os.listdir(tmp_path / "out.png") == []

@@ -3,6 +3,7 @@
 import dataclasses
 import importlib.util
 import pathlib
+import subprocess
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +14,7 @@ from dreamix_jax import cascade as cascade_lib
 from dreamix_jax.diffusion import sampling
 from dreamix_jax.backbones import unet
 from dreamix_jax.tools import summary
+import readme_commands
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -56,7 +58,13 @@ def test_imagen_video_config_matches_paper_table_within_15_percent():
     assert abs(n / PAPER_PARAMS[name] - 1) <= 0.15, (name, n)
   assert [s.name for s in cascade.stages if s.finetune] == ["base", "ssr1", "ssr2"]
   assert cascade.stage("ssr3").chunk_frames == 32
-  assert "total" in summary.format_table(rows)
+  # The README's summary command prints this very table.
+  argv = readme_commands.argv(
+      "python -m dreamix_jax.tools.summary --config=configs/cascades/imagen_video.py")
+  proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert proc.stdout.strip() == f"cascade 'imagen_video'\n{summary.format_table(rows).strip()}"
+  assert "total" in proc.stdout
 
 
 def test_tiny_variants_keep_the_stage_structure():

@@ -4,14 +4,14 @@ import json
 import os
 import pathlib
 import subprocess
-import sys
 
 import imageio.v3 as iio
 import pytest
 
-from dreamix_jax import jobs, main as main_lib
+from dreamix_jax import jobs
 from dreamix_jax.data import video as video_io
 from config_loading import load
+import readme_commands
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -31,9 +31,10 @@ def check_outputs(folder, frames, height, width, with_input):
 def test_text2video_cli_runs_end_to_end(tmp_path):
   """The README's main command, as a subprocess."""
   env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")
-  proc = subprocess.run([sys.executable, "-m", "dreamix_jax.main",
-                         "--config=configs/text2video.py:runlocal",
-                         f"--workdir={tmp_path}", "--config.prompts=('a blue square moving up on a gray background',)"],
+  argv = readme_commands.argv(
+      "python -m dreamix_jax.main --config=configs/text2video.py:runlocal --workdir=/tmp/t2v",
+      {"--workdir=/tmp/t2v": f"--workdir={tmp_path}"})
+  proc = subprocess.run(argv + ["--config.prompts=('a blue square moving up on a gray background',)"],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   folders = sorted((tmp_path / "text2video" / "text2video").iterdir())
@@ -46,8 +47,8 @@ def test_demo_edit_cli_on_the_shipped_cascade(tmp_path):
   """The README's main command on the committed moving-shapes cascade and default clip (finetuning
   cut to 2 steps to keep CI short): real-size outputs, the default prompt, nothing downloaded."""
   env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")
-  proc = subprocess.run([sys.executable, "-m", "dreamix_jax.main", "--config=configs/edit.py",
-                         f"--workdir={tmp_path}", "--config.finetune.steps=2"],
+  argv = readme_commands.argv("python -m dreamix_jax.main --config=configs/edit.py")
+  proc = subprocess.run(argv + [f"--workdir={tmp_path}", "--config.finetune.steps=2"],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   folders = sorted((tmp_path / "edit" / "edit").iterdir())

@@ -3,7 +3,6 @@ dry-run job specs (the paper's 12 editing settings), and the TPU VM scripts' dry
 
 import importlib.util
 import json
-import os
 import pathlib
 import shlex
 import subprocess
@@ -14,6 +13,7 @@ import nbformat
 import pytest
 
 from dreamix_jax.dreamix import sweep
+import readme_commands
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "launch" / "colab" / "dreamix.ipynb"
@@ -79,8 +79,11 @@ def _xm(*args):
 
 
 def test_xm_dry_run_paper_sweep_covers_the_12_settings():
-  proc = _xm("--config=configs/edit.py", "--sweep=paper", "--dry_run", "--multihost",
-             "--accelerator=tpu_v4=32", "--workdir=/tmp/xm", "--set=config.seeds=(0,1)")
+  argv = readme_commands.argv(
+      "python launch/xm_launch.py --config=configs/edit.py --sweep=paper --dry_run")
+  proc = subprocess.run(argv + ["--multihost", "--accelerator=tpu_v4=32", "--workdir=/tmp/xm",
+                                "--set=config.seeds=(0,1)"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
   specs = json.loads(proc.stdout)
   by_alpha = {v: k for k, v in sweep.PAPER_ALPHAS.items()}
@@ -143,10 +146,14 @@ def _commands(stdout):
 
 
 def test_tpu_vm_launch_dry_run_runs_everything_on_every_host():
-  proc = _sh("launch.sh", "--name", "dx", "--zone=us-central2-b", "--type", "v4-32",
-             "--project=proj", "--config", "configs/edit.py", "--workdir=/tmp/out",
-             "--data", "gs://bucket/cascade=/home/me/cascade", "--dry-run", "--",
-             "--config.finetune.steps=300", "--config.prompts=('a blue square moving up',)")
+  argv = readme_commands.argv("launch/tpu_vm/launch.sh --name dreamix --zone us-central2-b "
+                              "--type v4-32 --config configs/edit.py --dry-run",
+                              {"--name dreamix": "--name dx"})
+  proc = subprocess.run(
+      ["bash", *argv, "--project=proj", "--workdir=/tmp/out",
+       "--data", "gs://bucket/cascade=/home/me/cascade", "--",
+       "--config.finetune.steps=300", "--config.prompts=('a blue square moving up',)"],
+      cwd=ROOT, capture_output=True, text=True, timeout=60)
   assert proc.returncode == 0, proc.stderr
   assert "v4-32, 4 host(s)" in proc.stdout
   commands = _commands(proc.stdout)

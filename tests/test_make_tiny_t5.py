@@ -9,6 +9,7 @@ and the Dreamix placeholder "sks" exactly one known token.
 import itertools
 import os
 import pathlib
+import subprocess
 
 import flax.traverse_util
 import jax
@@ -23,6 +24,9 @@ from dreamix_jax.text import t5
 from dreamix_jax.text import t5_weights
 from dreamix_jax.text import text_encoder
 from dreamix_jax.tools import make_tiny_t5
+import readme_commands
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 MAX_LENGTH = 16
 GRAMMAR_WORDS = (("a", "moving", "standing", "on", "background") + shapes.SHAPES + shapes.COLORS
@@ -60,9 +64,15 @@ def test_generation_is_deterministic_and_seeded(tmp_path):
   assert again == first
 
 
-def test_shipped_copy_equals_a_fresh_run(tmp_path):
+def test_readme_command_remakes_the_shipped_copy(tmp_path):
+  """The README's make_tiny_t5 command, writing to a temporary folder, makes the shipped files
+  byte for byte."""
+  argv = readme_commands.argv("python -m dreamix_jax.tools.make_tiny_t5 --out=assets/shapes_t5",
+                              {"--out=assets/shapes_t5": f"--out={tmp_path / 'fresh'}"})
+  proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
   shipped = _read_dir(make_tiny_t5.shipped_dir())
-  assert shipped == _read_dir(make_tiny_t5.make_tiny_t5(str(tmp_path / "fresh"), seed=0))
+  assert shipped == _read_dir(str(tmp_path / "fresh"))
   assert sum(len(data) for data in shipped.values()) < 1 << 20
 
 

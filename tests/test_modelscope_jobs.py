@@ -11,6 +11,7 @@ import sys
 import pytest
 
 import diffusers_tiny
+import readme_commands
 from config_loading import ROOT
 
 COMMON = ["--config.finetune.steps=2", "--config.finetune.log_every=1",
@@ -33,8 +34,12 @@ def _run(args, workdir):
 
 def test_edit_and_text2video_on_a_pipeline_folder(pipeline, tmp_path):
   video = ROOT / "assets" / "shapes_clip.mp4"
-  edit = _run(["--config=configs/edit.py:cascade=modelscope,runlocal",
-               f"--config.checkpoint={pipeline}", f"--config.input={video}", *COMMON], tmp_path)
+  argv = readme_commands.argv(
+      "python -m dreamix_jax.main --config=configs/edit.py:cascade=modelscope "
+      "--config.checkpoint=<folder> --config.input=<video> --workdir=<dir>",
+      {"cascade=modelscope": "cascade=modelscope,runlocal", "<folder>": str(pipeline),
+       "<video>": str(video), "<dir>": str(tmp_path)})
+  edit = subprocess.run(argv + COMMON, cwd=ROOT, capture_output=True, text=True, timeout=900)
   assert edit.returncode == 0, edit.stderr[-3000:]
   folder, = (p.parent for p in (tmp_path / "edit" / "edit").glob("*/meta.json"))
   assert {"input.mp4", "output.mp4", "output.gif", "comparison.png", "meta.json"} <= set(

@@ -25,6 +25,7 @@ from dreamix_jax.text import t5
 from dreamix_jax.text import t5_weights
 from dreamix_jax.text import text_encoder
 from dreamix_jax.tools import encode_prompts
+import readme_commands
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -376,8 +377,11 @@ def test_cli_builds_cache_for_cached_embedder(hf, tmp_path):
   prompts_file = tmp_path / "prompts.txt"
   prompts_file.write_text("a bear walking in the snow\n\n  a dog  \na bear walking in the snow\n")
   out = str(tmp_path / "cli_cache")
-  argv = ["encode_prompts", f"--t5={hf['dirs']['sharded']}", f"--prompts={prompts_file}",
-          f"--out={out}", f"--max_length={MAX_LENGTH}"]
+  readme = readme_commands.argv(
+      "python -m dreamix_jax.tools.encode_prompts --t5=<hf t5 dir> --prompts=prompts.txt "
+      "--out=<cache dir>", {"<hf t5 dir>": hf["dirs"]["sharded"],
+                            "prompts.txt": str(prompts_file), "<cache dir>": out})
+  argv = readme[2:] + [f"--max_length={MAX_LENGTH}"]  # in process: [module, flags...]
   if "prompts" not in flags.FLAGS:
     encode_prompts.define_flags()
   flags.FLAGS(argv)

@@ -11,7 +11,8 @@ ModelScope cascade config sets it (full, per block). Parameters (and so gradient
 in `--dtype` too: the finetune keeps float32 parameters, but 5.6 GB of them plus 5.6 GB of
 gradients does not fit a ~11 GiB budget; with bfloat16 storage the step holds 2.8 + 2.8 GB.
 Columns: XLA cost-analysis GFLOP of the compiled program, best wall time, achieved GFLOP/s, that
-as a fraction of a `--dtype` matmul measured in the same process right before, compile seconds.
+as a fraction of a `--dtype` matmul measured in the same process right before, compile seconds,
+and XLA's buffers for the step (arguments + outputs + temporaries, GiB).
 
   python benchmarks/unet3d_step.py [--dtype=bfloat16|float32] [--frames=8] [--latent=8]
 
@@ -21,6 +22,7 @@ as a fraction of a `--dtype` matmul measured in the same process right before, c
 from __future__ import annotations
 
 import math
+import sys
 import time
 
 import common  # pylint: disable=g-bad-import-order
@@ -36,7 +38,7 @@ from dreamix_jax.tools import memory
 from dreamix_jax.train import losses
 
 COLUMNS = ("config", "latent_TxHxW", "params_M", "param_dtype", "GFLOP", "time_s", "GFLOP/s",
-           "peak_GFLOP/s", "frac_peak", "compile_s")
+           "peak_GFLOP/s", "frac_peak", "compile_s", "xla_GiB")
 # Two levels, the tests' toy size (tests/diffusers_tiny.py's UNET_KW), for --tiny.
 TINY_UNET = {"block_out_channels": [32, 64], "layers_per_block": 1,
              "down_block_types": ["CrossAttnDownBlock3D", "DownBlock3D"],
@@ -58,20 +60,21 @@ def stage_and_cascade(tiny: bool, dtype: str, frames: int, latent: int):
 
 def random_params(boxed, dtype: str, rng):
   """Parameters of the abstract (boxed) tree stored in `dtype`: kernels and embeddings
-  N(0, 1/fan_in), vectors 1 (scales) or 0 (biases); drawn leaf by leaf under `jit`, so no float32
-  copy of the whole tree exists."""
+  N(0, 1/fan_in), vectors 1 (scales) or 0 (biases); drawn in one `jit` whose only output is the
+  `dtype` tree, so no float32 copy of the whole tree exists."""
   leaves, treedef = jax.tree_util.tree_flatten_with_path(nn.meta.unbox(boxed))
-  keys = jax.random.split(rng, len(leaves))
 
-  def draw(path, leaf, key):
-    name = str(path[-1])
-    if len(leaf.shape) == 1:
-      return jnp.full(leaf.shape, 1.0 if "scale" in name else 0.0, dtype)
-    fan_in = math.prod(leaf.shape[:-1])
-    return (jax.random.normal(key, leaf.shape, jnp.float32) / math.sqrt(fan_in)).astype(dtype)
+  def draw(key):
+    out = []
+    for (path, leaf), k in zip(leaves, jax.random.split(key, len(leaves))):
+      if len(leaf.shape) == 1:
+        out.append(jnp.full(leaf.shape, 1.0 if "scale" in str(path[-1]) else 0.0, dtype))
+      else:
+        fan_in = math.prod(leaf.shape[:-1])
+        out.append((jax.random.normal(k, leaf.shape) / math.sqrt(fan_in)).astype(dtype))
+    return jax.tree_util.tree_unflatten(treedef, out)
 
-  out = [jax.jit(lambda k, p=p, l=l: draw(p, l, k))(k) for (p, l), k in zip(leaves, keys)]
-  return jax.tree_util.tree_unflatten(treedef, out)
+  return jax.jit(draw)(rng)
 
 
 def main():
@@ -99,6 +102,11 @@ def main():
   t0 = time.perf_counter()
   compiled = grad_fn.lower(abstract, batch, rng).compile()  # before the parameters exist
   compile_s = time.perf_counter() - t0
+  mem = compiled.memory_analysis()
+  xla_gib = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes) / 2**30
+  print(f"XLA buffers: arguments {mem.argument_size_in_bytes / 2**30:.2f} GiB, outputs "
+        f"{mem.output_size_in_bytes / 2**30:.2f} GiB, temporaries {mem.temp_size_in_bytes / 2**30:.2f}"
+        " GiB", file=sys.stderr, flush=True)
   params = random_params(boxed, args.dtype, jax.random.PRNGKey(0))
   gflop = common.flops(compiled) / 1e9
   common.header("Full-size ModelScope UNet3D forward + backward (ε loss, no optimizer)",
@@ -109,7 +117,7 @@ def main():
   table = common.Table(COLUMNS)
   table.row("toy" if args.tiny else "modelscope", f"{t}x{h}x{w}",
             backbone_base.count_params(boxed) / 1e6, args.dtype, gflop, seconds,
-            gflop / seconds, peak / 1e9, gflop * 1e9 / seconds / peak, compile_s)
+            gflop / seconds, peak / 1e9, gflop * 1e9 / seconds / peak, compile_s, xla_gib)
 
 
 if __name__ == "__main__":

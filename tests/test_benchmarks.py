@@ -96,5 +96,5 @@ def test_unet3d_step_table():
     reference = diffusers.UNet3DConditionModel(**unet3d_step.TINY_UNET)
   count = sum(t.numel() for t in reference.parameters())
   assert float(rows[0][col["params_M"]]) == pytest.approx(count / 1e6, abs=0.005)
-  for name in ("GFLOP", "time_s", "GFLOP/s", "peak_GFLOP/s", "frac_peak", "compile_s"):
+  for name in ("GFLOP", "time_s", "GFLOP/s", "peak_GFLOP/s", "frac_peak", "compile_s", "xla_GiB"):
     assert _positive(rows[0][col[name]]), name

@@ -3,11 +3,13 @@ fraction of measured matmul peak.
 
 What one row times: `jax.value_and_grad` of the project's ε-weighted denoising loss
 (`train.losses.make_stage_loss(..., weighting="eps")`, the video variant, as Dreamix's finetune
-computes it) with respect to every U-Net parameter — no optimizer update — at a reduced size:
+computes it) with respect to every U-Net parameter — no optimizer update; the step returns the
+loss and the gradients' global norm (what gradient clipping reads), so the 2.6 GB gradient tree is
+reduced inside the program instead of written out — at a reduced size:
 batch 1, `--frames` frames of `--latent`×`--latent` latents (8× that in pixels), 77×1024 text.
 The U-Net is `tools.memory.MODELSCOPE_UNET` (the real architecture of
-damo-vilab/text-to-video-ms-1.7b) with random weights, compute in `--dtype` and remat as the
-ModelScope cascade config sets it (full, per block). Parameters (and so gradients) are *stored*
+damo-vilab/text-to-video-ms-1.7b) with random weights, compute in `--dtype` and `--remat` per
+block (default full, as the ModelScope cascade config sets it). Parameters (and so gradients) are *stored*
 in `--dtype` too: the finetune keeps float32 parameters, but 5.6 GB of them plus 5.6 GB of
 gradients does not fit a ~11 GiB budget; with bfloat16 storage the step holds 2.8 + 2.8 GB.
 Columns: XLA cost-analysis GFLOP of the compiled program, best wall time, achieved GFLOP/s, that
@@ -30,6 +32,7 @@ import common  # pylint: disable=g-bad-import-order
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 
 from configs.cascades import modelscope
 from dreamix_jax.backbones import base as backbone_base
@@ -46,14 +49,15 @@ TINY_UNET = {"block_out_channels": [32, 64], "layers_per_block": 1,
              "attention_head_dim": 8, "norm_num_groups": 32}
 
 
-def stage_and_cascade(tiny: bool, dtype: str, frames: int, latent: int):
+def stage_and_cascade(tiny: bool, dtype: str, frames: int, latent: int, remat: str = "full"):
   """The ModelScope cascade (shape only: `tools.memory.shape_only_cascade`) with its base stage
-  set to `frames` frames of `8·latent` pixels square and the U-Net computing in `dtype`."""
+  set to `frames` frames of `8·latent` pixels square and the U-Net computing in `dtype` with
+  `remat`."""
   cfg = modelscope.get_config("tiny" if tiny else None)
   with cfg.unlocked():
     stage = cfg.stages.base
     stage.frames, stage.height, stage.width = frames, 8 * latent, 8 * latent
-    stage.backbone.dtype = dtype
+    stage.backbone.dtype, stage.backbone.remat = dtype, remat
   casc = memory.shape_only_cascade(cfg, None, TINY_UNET if tiny else None)
   return casc.stage("base"), casc
 
@@ -82,9 +86,13 @@ def main():
   p.set_defaults(dtype="bfloat16", repeats=2)
   p.add_argument("--frames", type=int, default=8, help="Frames of the clip.")
   p.add_argument("--latent", type=int, default=8, help="Latent height = width (pixels / 8).")
+  p.add_argument("--remat", default="full", choices=("full", "none"),
+                 help="Per-block remat (full: the ModelScope cascade config's).")
+  p.add_argument("--max_gib", type=float, default=9.5,
+                 help="Do not run a step whose XLA buffers exceed this (GiB).")
   args = p.parse_args()
   frames, latent = (2, 2) if args.tiny else (args.frames, args.latent)
-  stage, casc = stage_and_cascade(args.tiny, args.dtype, frames, latent)
+  stage, casc = stage_and_cascade(args.tiny, args.dtype, frames, latent, args.remat)
   boxed = casc.abstract_params(stage)
   loss = objective.make_mixed_loss(
       losses.make_stage_loss(casc.denoiser(stage), stage, casc.schedule, weighting="eps"), stage,
@@ -95,7 +103,13 @@ def main():
                text=jax.random.normal(k[1], (1, casc.text_len, casc.text_dim)),
                text_mask=jnp.ones((1, casc.text_len), bool),
                temporal_mask=jnp.zeros((1,), jnp.float32))
-  grad_fn = jax.jit(jax.value_and_grad(lambda p, b, r: loss(p, b, r)[0]))
+  value_and_grad = jax.value_and_grad(lambda p, b, r: loss(p, b, r)[0])
+
+  def grad_fn(p, b, r):  # the loss and the gradients' global norm: every gradient is computed
+    value, grads = value_and_grad(p, b, r)
+    return value, optax.global_norm(grads)
+
+  grad_fn = jax.jit(grad_fn)
   rng = jax.random.PRNGKey(2)
   abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, args.dtype),
                                     nn.meta.unbox(boxed))
@@ -107,6 +121,9 @@ def main():
   print(f"XLA buffers: arguments {mem.argument_size_in_bytes / 2**30:.2f} GiB, outputs "
         f"{mem.output_size_in_bytes / 2**30:.2f} GiB, temporaries {mem.temp_size_in_bytes / 2**30:.2f}"
         " GiB", file=sys.stderr, flush=True)
+  if xla_gib > args.max_gib:
+    raise SystemExit(f"The step needs {xla_gib:.2f} GiB of XLA buffers (> --max_gib={args.max_gib})"
+                     f"; not run. XLA cost analysis: {common.flops(compiled) / 1e9:.0f} GFLOP.")
   params = random_params(boxed, args.dtype, jax.random.PRNGKey(0))
   gflop = common.flops(compiled) / 1e9
   common.header("Full-size ModelScope UNet3D forward + backward (ε loss, no optimizer)",

@@ -16,6 +16,7 @@ sys.path.insert(0, BENCH)
 
 import edit_phases  # pylint: disable=g-import-not-at-top,wrong-import-position
 import sampler_loop  # pylint: disable=g-import-not-at-top,wrong-import-position
+import unet3d_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 import unet_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
@@ -79,3 +80,21 @@ def test_edit_phases_table():
   assert seconds["total"] == pytest.approx(sum(v for k, v in seconds.items() if k != "total"),
                                            rel=0.02)
   assert float(rows[-1][2]) == 100.0
+
+
+def test_unet3d_step_table():
+  """The full-size ModelScope U-Net's forward + backward row, on the toy UNet3D (--tiny): the
+  parameter count is diffusers' for the same config."""
+  torch = pytest.importorskip("torch")
+  diffusers = pytest.importorskip("diffusers")
+  title, header, rows = run_script("unet3d_step.py")
+  assert "dtype=bfloat16" in title
+  assert tuple(header) == unet3d_step.COLUMNS
+  assert [(r[0], r[1], r[3]) for r in rows] == [("toy", "2x2x2", "bfloat16")]
+  col = {name: i for i, name in enumerate(header)}
+  with torch.device("meta"):
+    reference = diffusers.UNet3DConditionModel(**unet3d_step.TINY_UNET)
+  count = sum(t.numel() for t in reference.parameters())
+  assert float(rows[0][col["params_M"]]) == pytest.approx(count / 1e6, abs=0.005)
+  for name in ("GFLOP", "time_s", "GFLOP/s", "peak_GFLOP/s", "frac_peak", "compile_s", "xla_GiB"):
+    assert _positive(rows[0][col[name]]), name

@@ -4,10 +4,12 @@ TPU topology."""
 
 import importlib.util
 
+import jax
 import pytest
 
 from dreamix_jax import parallel
 from dreamix_jax.tools import memory
+from dreamix_jax.train import state as state_lib
 from config_loading import load
 
 @pytest.fixture(scope="module")
@@ -66,3 +68,64 @@ def test_plan_on_a_tpu_topology(tiny):
   layout = parallel.Layout(parallel.make_mesh({"fsdp": 4}, devices=devices))
   p = memory.plan(tiny, "base", layout, optimizer="adam")
   assert p["target"] == "TPU v4" and p["xla_temp"] > 0 and p["fits"]
+
+
+# The shape-only path of a diffusers cascade (ModelScope): a toy UNet3D of the tests' size.
+TINY_UNET3D = {"block_out_channels": [32, 64], "layers_per_block": 1,
+               "down_block_types": ["CrossAttnDownBlock3D", "DownBlock3D"],
+               "up_block_types": ["UpBlock3D", "CrossAttnUpBlock3D"], "cross_attention_dim": 32,
+               "attention_head_dim": 8, "norm_num_groups": 32}
+
+
+@pytest.fixture(scope="module")
+def modelscope_tiny():
+  return load("configs/cascades/modelscope.py:tiny")
+
+
+def _nbytes(tree):
+  return sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def test_diffusers_cascade_plans_from_shapes_alone(modelscope_tiny):
+  """Parameter, gradient and Adam bytes of the toy UNet3D equal those of a real initialisation
+  (and diffusers' own parameter count); on fsdp=2, those of the shards one device holds."""
+  torch = pytest.importorskip("torch")
+  diffusers = pytest.importorskip("diffusers")
+  one = parallel.Layout(parallel.make_mesh({"fsdp": 1}))
+  p = memory.plan(modelscope_tiny, "base", one, optimizer="adam", unet_config=TINY_UNET3D,
+                  compile=False)
+  with torch.device("meta"):
+    reference = diffusers.UNet3DConditionModel(**TINY_UNET3D)
+  assert p["params_count"] == sum(t.numel() for t in reference.parameters())
+  assert p["latent"] == (4, 4, 4, 4)  # 4 frames of 32×32 pixels, the SD autoencoder's 8×
+
+  cascade = memory.shape_only_cascade(modelscope_tiny, None, TINY_UNET3D)
+  stage = cascade.stage("base")
+  params = cascade.init_params(jax.random.PRNGKey(0), stage)
+  opt = state_lib.make_optimizer(state_lib.optimizer_config(name="adam", lr=1e-5))
+  assert p["params"] == p["gradients"] == _nbytes(params) == 4 * p["params_count"]
+  assert p["optimizer_state"] == _nbytes(opt.init(params))
+  assert 2 * p["params"] < p["optimizer_state"] <= 2 * p["params"] + 64  # mu, nu and a count
+  assert p["xla_temp"] is None and "analytic" in memory.format_plan(p)
+
+  two = parallel.Layout(parallel.make_mesh({"fsdp": 2}))
+  p2 = memory.plan(modelscope_tiny, "base", two, optimizer="adam", unet_config=TINY_UNET3D,
+                   compile=False)
+  sharded = memory.shape_only_cascade(modelscope_tiny, two, TINY_UNET3D)
+  placed = sharded.init_params_sharded(jax.random.PRNGKey(0), sharded.stage("base"))
+  device = two.mesh.devices.flat[0]
+  held = sum(s.data.nbytes for leaf in jax.tree_util.tree_leaves(placed)
+             for s in leaf.addressable_shards if s.device == device)
+  assert p2["params"] == held < p["params"]
+
+
+def test_diffusers_cascade_compiles_and_xla_sees_the_planned_state(modelscope_tiny):
+  """XLA's argument bytes of the compiled toy step are exactly the analytic state (plus the int32
+  step counter) and the batch: float32 video latents 4×4×4×4 and text 77×32, the temporal mask
+  and the key (the text mask is dropped: the UNet3D attends to every position)."""
+  one = parallel.Layout(parallel.make_mesh({"fsdp": 1}))
+  p = memory.plan(modelscope_tiny, "base", one, optimizer="adam", unet_config=TINY_UNET3D,
+                  alpha=1.0)
+  batch = 4 * (4 * 4 * 4 * 4) + 4 * 77 * 32 + 4 + 8
+  assert p["arguments"] == p["params"] + p["optimizer_state"] + 4 + batch
+  assert p["xla_temp"] > p["gradients"] and p["fits"]

@@ -18,6 +18,7 @@ Entry points: `load_pipeline` (everything), or `load_unet`, `load_vae`, `clip_te
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Any
@@ -31,6 +32,7 @@ from dreamix_jax.autoencoders import sd_vae
 from dreamix_jax.backbones import base
 from dreamix_jax.backbones import diffusers_weights as weights
 from dreamix_jax.backbones import unet3d
+from dreamix_jax.data import fingerprint
 from dreamix_jax.metrics import clip_model, clip_weights
 from dreamix_jax.text import clip_text
 
@@ -365,3 +367,33 @@ def load_pipeline(pipeline_dir: str, *, dtype: str = "float32", variant: str | N
   return Pipeline(backbone, params, load_vae(pipeline_dir, variant=variant, dtype=dtype),
                   clip_text_embedder(pipeline_dir, variant=variant),
                   load_scheduler_config(pipeline_dir))
+
+
+# ------------------------------------------------------------------------------ prompt cache
+
+def text_encoder_fingerprint(pipeline_dir: str, *, variant: str | None = None) -> str:
+  """sha256 of the content of what defines a prompt's CLIP embedding: `text_encoder/`'s config,
+  index and the weight files `load_text_encoder` reads, and every file of `tokenizer/`
+  (`data.fingerprint.files_sha256`), plus a tag for the convention (last hidden state, float32).
+  Two pipelines whose text encoders differ only in weight values get different fingerprints."""
+  folder = component_dir(pipeline_dir, "text_encoder")
+  tokenizer = component_dir(pipeline_dir, "tokenizer")
+  names = [os.path.relpath(p, pipeline_dir)
+           for p in weights.weight_files(folder, _TRANSFORMERS_STEMS, variant)]
+  names += [os.path.join("text_encoder", n) for n in os.listdir(folder)
+            if n == "config.json" or n.endswith(".index.json")]
+  names += [os.path.join("tokenizer", n) for n in os.listdir(tokenizer)]
+  files = fingerprint.files_sha256(pipeline_dir, names)
+  return hashlib.sha256(f"clip-last-hidden-state-float32\0{files}".encode()).hexdigest()
+
+
+def cached_clip_text_embedder(pipeline_dir: str, cache_dir: str | None, *,
+                              variant: str | None = None,
+                              max_batch: int = 16) -> clip_text.ClipTextEmbedder:
+  """`clip_text_embedder` backed by the prompt-embedding cache `cache_dir` (None: no cache),
+  entries keyed by `text_encoder_fingerprint`."""
+  cfg, params = load_text_encoder(pipeline_dir, variant=variant)
+  key = text_encoder_fingerprint(pipeline_dir, variant=variant) if cache_dir else ""
+  return clip_text.ClipTextEmbedder(cfg, params, load_tokenizer(pipeline_dir),
+                                    max_batch=max_batch, cache_dir=cache_dir, fingerprint=key,
+                                    source=os.path.abspath(pipeline_dir))

@@ -12,6 +12,12 @@ guidance), not zeros.
 The transformer layers are `metrics.clip_model.Encoder` (the CLIP-score towers; same parameter names
 and arithmetic, matmuls at `Precision.HIGHEST`, float32): prompts are encoded once, so precision
 costs nothing that matters. Weights: `backbones.diffusers_import.load_text_encoder`.
+
+With a `cache_dir`, prompts go through `text_encoder.EmbeddingCache` as *padded* entries (the
+whole (77, D) sequence; the T5 entries keep only the unpadded tokens), keyed by a fingerprint of
+the text encoder's and tokenizer's file contents
+(`backbones.diffusers_import.text_encoder_fingerprint`): a prompt is encoded once per encoder,
+and `tools/encode_prompts.py --pipeline=<folder>` can fill the cache ahead of a job.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dreamix_jax.metrics import clip_model
+from dreamix_jax.text import text_encoder
 
 _log = logging.getLogger(__name__)
 
@@ -87,9 +94,15 @@ def _batch_bucket(n: int, max_batch: int) -> int:
 class ClipTextEmbedder:
   """`text_encoder.TextEmbedder` for the UNet3D: `embedder(prompts)` -> (B, 77, D) float32 last
   hidden states and an all-True (B, 77) mask; `null(B)` -> the encoding of "" and an all-True
-  mask (see the module docstring). `tokenizer`: a `transformers.CLIPTokenizer`."""
+  mask (see the module docstring). `tokenizer`: a `transformers.CLIPTokenizer`. `cache_dir`: an
+  embedding cache (entries keyed by `fingerprint`, which must identify weights and tokenizer).
 
-  def __init__(self, config: ClipTextConfig, params, tokenizer, *, max_batch: int = 16):
+  Attributes:
+    num_encoded: prompts run through the tower so far (cache hits are not counted).
+  """
+
+  def __init__(self, config: ClipTextConfig, params, tokenizer, *, max_batch: int = 16,
+               cache_dir: str | None = None, fingerprint: str = "", source: str = ""):
     self.config, self.params, self.tokenizer = config, params, tokenizer
     self.max_length = int(min(getattr(tokenizer, "model_max_length", 77) or 77,
                               config.max_position_embeddings))
@@ -98,6 +111,13 @@ class ClipTextEmbedder:
     self._lock = threading.Lock()  # fast tokenizers keep per-call settings in shared state
     self._apply = jax.jit(lambda p, ids: ClipTextTransformer(config).apply({"params": p}, ids))
     self._null = None
+    self.num_encoded = 0
+    if cache_dir and not fingerprint:
+      raise ValueError("A CLIP embedding cache needs the encoder's fingerprint.")
+    self.fingerprint = fingerprint
+    self.cache = text_encoder.EmbeddingCache(cache_dir) if cache_dir else None
+    if self.cache:
+      self.cache.register(fingerprint, self.max_length, self.dim, "float32", source, padded=True)
 
   def tokenize(self, prompts: Sequence[str]) -> np.ndarray:
     """Token ids (B, max_length) int32: padded to max_length, truncated with a warning."""
@@ -126,9 +146,33 @@ class ClipTextEmbedder:
     return np.concatenate(out).astype(np.float32) if out else np.zeros(
         (0, ids.shape[1], self.dim), np.float32)
 
-  def __call__(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+  def encode(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Runs the tower on `prompts` (no cache): (B, 77, D) float32 and an all-True (B, 77) mask."""
     ids = self.tokenize(prompts)
+    self.num_encoded += len(ids)
     return self.encode_ids(ids), np.ones(ids.shape, bool)
+
+  def __call__(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """`encode`, with prompts found in the cache read from it and the others stored there."""
+    if self.cache is None:
+      return self.encode(prompts)
+    if isinstance(prompts, str):
+      raise ValueError(f"Pass a sequence of prompts, not one string: [{prompts!r}].")
+    prompts = list(prompts)
+    found = {}
+    for prompt in dict.fromkeys(prompts):
+      entry = self.cache.load(self.fingerprint, self.max_length, self.dim, prompt)
+      if entry is not None:
+        found[prompt] = entry
+    missing = [p for p in dict.fromkeys(prompts) if p not in found]
+    if missing:
+      for prompt, embedding, mask in zip(missing, *self.encode(missing)):
+        found[prompt] = (embedding, mask)
+        self.cache.store(self.fingerprint, self.max_length, prompt, embedding, mask, padded=True)
+    if not prompts:
+      return (np.zeros((0, self.max_length, self.dim), np.float32),
+              np.ones((0, self.max_length), bool))
+    return (np.stack([found[p][0] for p in prompts]), np.stack([found[p][1] for p in prompts]))
 
   def null(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
     if self._null is None:

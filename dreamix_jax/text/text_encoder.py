@@ -2,22 +2,30 @@
 
 The rest of the project sees only the `TextEmbedder` protocol: `embedder(prompts)` gives float32
 embeddings (B, L, D) and a bool mask (B, L) with L = `max_length`, and `embedder.null(B)` gives the
-classifier-free-guidance null condition (zeros, all masked). Embeddings are zero at padded
-positions, so the null embedding is what a fully masked prompt looks like.
+classifier-free-guidance null condition. For T5, embeddings are zero at padded positions and the
+null condition is zeros, all masked (what a fully masked prompt looks like); the CLIP text tower of
+a diffusers pipeline (`text.clip_text`) keeps every position instead (see below).
 
-Three embedders implement it:
+Three embedders implement it here:
 - `t5_embedder`: runs the Flax T5 encoder (weights from a Hugging Face directory), optionally
   backed by a cache directory so no prompt is encoded twice;
 - `cached_embedder`: reads only a cache directory precomputed by `tools/encode_prompts.py`, so a
-  job on a small machine needs no T5 weights;
+  job on a small machine needs no text-encoder weights;
 - `make_embedder`: picks one of the two from what a job config provides.
 
 Cache layout: `cache_info.json` lists the encoders that wrote entries (fingerprint, max_length, dim,
-dtype, source directory); each entry is `<sha256 of [fingerprint, max_length, prompt]>.npz` holding
-the prompt and the embeddings of its unpadded tokens (float32). The fingerprint hashes the weight
-directory (config, tokenizer, index, weight file names and sizes) and the compute dtype, so another
-checkpoint or dtype never hits a foreign entry. All files are written atomically (temporary file in
-the same directory, then `os.replace`); nothing is pickled.
+dtype, source directory, `padded`); each entry is `<sha256 of [fingerprint, max_length,
+prompt]>.npz` holding the prompt and float32 embeddings in one of two forms:
+- unpadded (T5, right-padded masks): the embeddings of the prompt's tokens only, (n, D); read
+  back zero-padded to (L, D) with the mask `arange(L) < n`;
+- padded (`padded=True`, CLIP as diffusers uses it: the last hidden state at all 77 positions,
+  padding included, and an all-True mask): the whole (L, D) sequence and its (L,) mask, read back
+  as stored. Such an encoder's null condition is its encoding of the empty prompt "", cached like
+  any other prompt.
+The fingerprint is a sha256 of the encoder's files' *content* (`data.fingerprint`: weights, config,
+tokenizer) and its compute dtype, so another checkpoint (even one with the same tensor shapes) or
+dtype never hits a foreign entry. All files are written atomically (temporary file in the same
+directory, then `os.replace`); nothing is pickled.
 """
 
 from __future__ import annotations
@@ -34,12 +42,17 @@ import jax.numpy as jnp
 import numpy as np
 import transformers
 
+from dreamix_jax.data import fingerprint as fingerprint_lib
 from dreamix_jax.data import outputs
 from dreamix_jax.text import t5
 from dreamix_jax.text import t5_weights
 
 DEFAULT_MAX_LENGTH = 128
 CACHE_INFO_FILE = "cache_info.json"
+# Files of a Hugging Face T5 directory besides its weights that change a prompt's embedding.
+T5_DEFINING_FILES = (t5_weights.CONFIG_FILE, t5_weights.SAFETENSORS_INDEX, t5_weights.TORCH_INDEX,
+                     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                     "spiece.model")
 
 _log = logging.getLogger(__name__)
 
@@ -100,14 +113,16 @@ class EmbeddingCache:
     with open(self.info_path) as f:
       return json.load(f)["encoders"]
 
-  def register(self, fingerprint: str, max_length: int, dim: int, dtype: str, source: str) -> None:
-    """Records an encoder in `cache_info.json` (creating the directory), once."""
+  def register(self, fingerprint: str, max_length: int, dim: int, dtype: str, source: str, *,
+               padded: bool = False) -> None:
+    """Records an encoder in `cache_info.json` (creating the directory), once. `padded`: its
+    entries are whole padded sequences and its null condition is the encoding of ""."""
     os.makedirs(self.cache_dir, exist_ok=True)
     encoders = self.encoders()
     if any(e["fingerprint"] == fingerprint and e["max_length"] == max_length for e in encoders):
       return
     encoders.append(dict(fingerprint=fingerprint, max_length=max_length, dim=dim, dtype=dtype,
-                         source=source))
+                         source=source, padded=padded))
     _atomic_write(self.info_path,
                   lambda f: f.write(json.dumps({"encoders": encoders}, indent=1).encode()))
 
@@ -123,6 +138,13 @@ class EmbeddingCache:
       return None
     with np.load(path, allow_pickle=False) as entry:
       stored_prompt, tokens = str(entry["prompt"]), entry["embedding"]
+      mask = entry["mask"] if "mask" in entry else None
+    if mask is not None:  # a padded entry: the whole sequence
+      if stored_prompt != prompt or tokens.shape != (max_length, dim) or mask.shape != (
+          max_length,):
+        raise ValueError(f"Cache entry {path} does not hold prompt {prompt!r} as a ({max_length}, "
+                         f"{dim}) embedding; delete the file and encode the prompt again.")
+      return tokens.astype(np.float32), mask.astype(bool)
     if stored_prompt != prompt or tokens.ndim != 2 or tokens.shape[0] > max_length or (
         tokens.shape[1] != dim):
       raise ValueError(f"Cache entry {path} does not hold prompt {prompt!r} as a (<= {max_length}, "
@@ -132,8 +154,14 @@ class EmbeddingCache:
     return embedding, np.arange(max_length) < len(tokens)
 
   def store(self, fingerprint: str, max_length: int, prompt: str, embedding: np.ndarray,
-            mask: np.ndarray) -> None:
-    """Stores embedding (L, D) with its right-padded mask (L,) for `prompt`."""
+            mask: np.ndarray, *, padded: bool = False) -> None:
+    """Stores embedding (L, D) with its mask (L,) for `prompt`: the whole sequence and mask when
+    `padded`, else the unpadded tokens of a right-padded mask."""
+    if padded:
+      full, full_mask = np.asarray(embedding, np.float32), np.asarray(mask, bool)
+      _atomic_write(self.entry_path(fingerprint, max_length, prompt),
+                    lambda f: np.savez(f, prompt=np.array(prompt), embedding=full, mask=full_mask))
+      return
     length = int(mask.sum())
     if not mask[:length].all():
       raise ValueError("Only right-padded masks can be cached (the T5 tokenizer pads right).")
@@ -143,9 +171,11 @@ class EmbeddingCache:
 
 
 def encoder_fingerprint(t5_dir: str, dtype: str) -> str:
-  """sha256 of the checkpoint fingerprint and the compute dtype: what identifies an encoder."""
-  weights = t5_weights.weights_fingerprint(t5_dir)
-  return hashlib.sha256(f"{weights}\0{jnp.dtype(dtype).name}".encode()).hexdigest()
+  """sha256 of the content of the T5 directory's weight, config and tokenizer files and of the
+  compute dtype: what identifies an encoder."""
+  files = fingerprint_lib.files_sha256(t5_dir, list(T5_DEFINING_FILES) +
+                                       list(t5_weights.weight_files(t5_dir)))
+  return hashlib.sha256(f"{files}\0{jnp.dtype(dtype).name}".encode()).hexdigest()
 
 
 def _batch_bucket(n: int, max_batch: int) -> int:
@@ -248,15 +278,21 @@ def _stack(entries, max_length: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class CachedEmbedder:
-  """`TextEmbedder` that only reads a cache directory (no T5 weights needed)."""
+  """`TextEmbedder` that only reads a cache directory (no encoder weights needed)."""
 
   def __init__(self, cache_dir: str, encoder: dict):
     self.cache = EmbeddingCache(cache_dir)
     self.fingerprint = encoder["fingerprint"]
     self.max_length, self.dim = encoder["max_length"], encoder["dim"]
+    self.padded = bool(encoder.get("padded", False))
     self._encoder = encoder
 
   def _add_command(self) -> str:
+    if self.padded:
+      source = self._encoder.get("source") or "<diffusers pipeline folder>"
+      return ("python -m dreamix_jax.tools.encode_prompts "
+              f"--pipeline={source} --prompts=<file with one prompt per line> "
+              f"--out={self.cache.cache_dir}")
     source = self._encoder.get("source") or "<T5 dir>"
     dtype = self._encoder.get("dtype", "float32")
     return ("python -m dreamix_jax.tools.encode_prompts "
@@ -278,6 +314,10 @@ class CachedEmbedder:
     return _stack(entries, self.max_length, self.dim)
 
   def null(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Zeros, all masked; for a padded (CLIP) encoder, its cached encoding of "" repeated."""
+    if self.padded:
+      embedding, mask = self([""])
+      return np.repeat(embedding, batch, axis=0), np.repeat(mask, batch, axis=0)
     return null_embeddings(batch, self.max_length, self.dim)
 
 
@@ -310,7 +350,8 @@ def cached_embedder(cache_dir: str, *, max_length: int | None = None) -> CachedE
   if not os.path.isfile(cache.info_path):
     raise FileNotFoundError(f"{cache.info_path} not found: {cache_dir!r} is not an embedding "
                             "cache. Build it with python -m dreamix_jax.tools.encode_prompts "
-                            f"--t5=<T5 dir> --prompts=<file> --out={cache_dir}")
+                            "--t5=<T5 dir> (or --pipeline=<diffusers pipeline folder>) "
+                            f"--prompts=<file> --out={cache_dir}")
   encoders = [e for e in cache.encoders() if max_length is None or e["max_length"] == max_length]
   if len(encoders) != 1:
     found = [(e["fingerprint"][:12], e["max_length"], e.get("source")) for e in cache.encoders()]

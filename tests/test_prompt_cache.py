@@ -39,7 +39,7 @@ def test_clip_cache_round_trip_is_bit_identical_and_skips_the_tower(pipelines, t
   null_reference = fresh.null(2)
 
   cache = str(tmp_path / "cache")
-  first = diffusers_import.cached_clip_text_embedder(pipelines[0], cache)
+  first = diffusers_import.clip_text_embedder(pipelines[0], cache)
   np.testing.assert_array_equal(first(PROMPTS)[0], reference)
   first.null(1)
   assert first.num_encoded == 3  # the two prompts and ""
@@ -50,7 +50,7 @@ def test_clip_cache_round_trip_is_bit_identical_and_skips_the_tower(pipelines, t
   encoder, = json.loads(open(os.path.join(cache, "cache_info.json")).read())["encoders"]
   assert (encoder["max_length"], encoder["dim"], encoder["padded"]) == (77, 32, True)
 
-  second = diffusers_import.cached_clip_text_embedder(pipelines[0], cache)
+  second = diffusers_import.clip_text_embedder(pipelines[0], cache)
   _forbid_encoding(second)
   embeddings, mask = second(PROMPTS[::-1] + PROMPTS[:1])
   assert embeddings.dtype == np.float32 and second.num_encoded == 0
@@ -61,15 +61,15 @@ def test_clip_cache_round_trip_is_bit_identical_and_skips_the_tower(pipelines, t
 
   # The same files in another folder are the same encoder: the key is content, not path.
   copy = shutil.copytree(pipelines[0], tmp_path / "copy")
-  moved = diffusers_import.cached_clip_text_embedder(str(copy), cache)
+  moved = diffusers_import.clip_text_embedder(str(copy), cache)
   _forbid_encoding(moved)
   assert np.array_equal(moved(PROMPTS)[0], reference)
 
 
 def test_another_clip_encoder_of_the_same_shapes_does_not_reuse_entries(pipelines, tmp_path):
   cache = str(tmp_path / "cache")
-  ours = diffusers_import.cached_clip_text_embedder(pipelines[0], cache)(PROMPTS)[0]
-  other = diffusers_import.cached_clip_text_embedder(pipelines[1], cache)
+  ours = diffusers_import.clip_text_embedder(pipelines[0], cache)(PROMPTS)[0]
+  other = diffusers_import.clip_text_embedder(pipelines[1], cache)
   assert other.fingerprint != diffusers_import.text_encoder_fingerprint(pipelines[0])
   theirs = other(PROMPTS)[0]
   assert other.num_encoded == 2

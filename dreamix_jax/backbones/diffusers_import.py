@@ -33,7 +33,7 @@ from dreamix_jax.backbones import base
 from dreamix_jax.backbones import diffusers_weights as weights
 from dreamix_jax.backbones import unet3d
 from dreamix_jax.data import fingerprint
-from dreamix_jax.metrics import clip_model, clip_weights
+from dreamix_jax.metrics import clip_weights
 from dreamix_jax.text import clip_text
 
 T = weights.Target
@@ -342,10 +342,17 @@ def load_tokenizer(pipeline_dir: str):
                      "merges.txt, or tokenizer.json (and tokenizer_config.json).") from e
 
 
-def clip_text_embedder(pipeline_dir: str, *, variant: str | None = None,
+def clip_text_embedder(pipeline_dir: str, cache_dir: str | None = None, *,
+                       variant: str | None = None,
                        max_batch: int = 16) -> clip_text.ClipTextEmbedder:
+  """The pipeline's CLIP text tower and tokenizer as a prompt embedder, backed by the
+  prompt-embedding cache `cache_dir` when given (entries keyed by `text_encoder_fingerprint`, the
+  content of the tower's and tokenizer's files)."""
   cfg, params = load_text_encoder(pipeline_dir, variant=variant)
-  return clip_text.ClipTextEmbedder(cfg, params, load_tokenizer(pipeline_dir), max_batch=max_batch)
+  key = text_encoder_fingerprint(pipeline_dir, variant=variant) if cache_dir else ""
+  return clip_text.ClipTextEmbedder(cfg, params, load_tokenizer(pipeline_dir),
+                                    max_batch=max_batch, cache_dir=cache_dir, fingerprint=key,
+                                    source=os.path.abspath(pipeline_dir))
 
 
 @dataclasses.dataclass
@@ -385,15 +392,3 @@ def text_encoder_fingerprint(pipeline_dir: str, *, variant: str | None = None) -
   names += [os.path.join("tokenizer", n) for n in os.listdir(tokenizer)]
   files = fingerprint.files_sha256(pipeline_dir, names)
   return hashlib.sha256(f"clip-last-hidden-state-float32\0{files}".encode()).hexdigest()
-
-
-def cached_clip_text_embedder(pipeline_dir: str, cache_dir: str | None, *,
-                              variant: str | None = None,
-                              max_batch: int = 16) -> clip_text.ClipTextEmbedder:
-  """`clip_text_embedder` backed by the prompt-embedding cache `cache_dir` (None: no cache),
-  entries keyed by `text_encoder_fingerprint`."""
-  cfg, params = load_text_encoder(pipeline_dir, variant=variant)
-  key = text_encoder_fingerprint(pipeline_dir, variant=variant) if cache_dir else ""
-  return clip_text.ClipTextEmbedder(cfg, params, load_tokenizer(pipeline_dir),
-                                    max_batch=max_batch, cache_dir=cache_dir, fingerprint=key,
-                                    source=os.path.abspath(pipeline_dir))

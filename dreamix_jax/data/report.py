@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from typing import Mapping, Sequence
 
 from PIL import Image, ImageDraw, ImageFont

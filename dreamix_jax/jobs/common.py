@@ -115,7 +115,8 @@ def make_embedder(config: ml_collections.ConfigDict, cascade: cascade_lib.Cascad
   becomes the cascade's unconditional branch for guidance."""
   if config.cascade.text.get("encoder", "t5") == "clip":
     from dreamix_jax.backbones import diffusers_import  # pylint: disable=g-import-not-at-top
-    embedder = diffusers_import.clip_text_embedder(config.checkpoint)
+    embedder = diffusers_import.clip_text_embedder(config.checkpoint,
+                                                  config.text.cache_dir or None)
   else:
     embedder = text_encoder.make_embedder(config.text.t5_dir or None,
                                           config.text.cache_dir or None, cascade.text_len)

@@ -18,7 +18,6 @@ unexpected or mis-shaped tensor is an error that names it, raised before any ten
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 
@@ -104,25 +103,6 @@ def weight_files(t5_dir: str) -> list[str]:
   _require_dir(t5_dir)
   return [os.path.relpath(path, t5_dir)
           for path in weight_io.find(t5_dir, ("model", "pytorch_model"))]
-
-
-def weights_fingerprint(t5_dir: str) -> str:
-  """sha256 identifying a checkpoint: config and index bytes, weight file names and sizes.
-
-  Tokenizer files are hashed too, since they change the embedding of a prompt.
-  """
-  digest = hashlib.sha256()
-  files = weight_files(t5_dir)
-  small = [CONFIG_FILE, SAFETENSORS_INDEX, TORCH_INDEX, "tokenizer.json", "tokenizer_config.json",
-           "special_tokens_map.json", "spiece.model"]
-  for name in small:
-    path = os.path.join(t5_dir, name)
-    if os.path.isfile(path):
-      with open(path, "rb") as f:
-        digest.update(f"{name}\0".encode() + hashlib.sha256(f.read()).digest())
-  for name in files:
-    digest.update(f"{name}\0{os.path.getsize(os.path.join(t5_dir, name))}\0".encode())
-  return digest.hexdigest()
 
 
 def _select(names: list[str], config: t5.T5Config) -> dict[str, tuple[str, _Target]]:

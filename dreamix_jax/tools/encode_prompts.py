@@ -73,7 +73,7 @@ def encode_clip_prompts(pipeline_dir: str, prompts_file: str, out_dir: str, *,
   text tower of the diffusers pipeline folder `pipeline_dir`; returns the embedder."""
   from dreamix_jax.backbones import diffusers_import  # pylint: disable=g-import-not-at-top
   prompts = read_prompts(prompts_file)
-  embedder = diffusers_import.cached_clip_text_embedder(pipeline_dir, out_dir,
+  embedder = diffusers_import.clip_text_embedder(pipeline_dir, out_dir,
                                                         max_batch=batch_size)
   embedder.null(1)  # "" alone, as a job encodes its null condition
   for start in range(0, len(prompts), batch_size):

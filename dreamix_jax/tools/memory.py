@@ -43,7 +43,6 @@ if __name__ == "__main__":  # before JAX starts: one simulated CPU device per me
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              f" --xla_force_host_platform_device_count={max(_count, 1)}").strip()
 
-import dataclasses  # noqa: E402
 import importlib.util  # noqa: E402
 import time  # noqa: E402
 

@@ -7,7 +7,7 @@ import importlib.util
 import jax
 import pytest
 
-from dreamix_jax import parallel
+from dreamix_jax import cascade as cascade_lib, parallel
 from dreamix_jax.tools import memory
 from dreamix_jax.train import state as state_lib
 from config_loading import load
@@ -27,26 +27,39 @@ def plans(tiny):
               adafactor4=memory.plan(tiny, "base", four, optimizer="adafactor"))
 
 
-def test_plan_counts_parameters_and_optimizer_bytes(plans):
+def test_plan_counts_parameters_and_optimizer_bytes(plans, tiny):
+  """Parameter and Adam bytes equal those of a real initialisation and a real `opt.init`; fsdp=4
+  holds far less per device; Adafactor's factored moments are smaller than Adam's."""
   one, four, ada = plans["adam1"], plans["adam4"], plans["adafactor4"]
-  assert one["params"] == 4 * one["params_count"]  # float32, unsharded
-  assert one["gradients"] == one["params"]
-  # Adam: two parameter-shaped moments plus a step count.
-  assert 2 * one["params"] <= one["optimizer_state"] <= 2 * one["params"] + 64
+  cascade = cascade_lib.Cascade.from_config(tiny)
+  params = cascade.init_params(jax.random.PRNGKey(0), cascade.stage("base"))
+  opt = state_lib.make_optimizer(state_lib.optimizer_config(name="adam", lr=6e-6))
+  assert one["params"] == one["gradients"] == _nbytes(params)
+  assert one["params_count"] == sum(x.size for x in jax.tree_util.tree_leaves(params))
+  assert one["optimizer_state"] == _nbytes(opt.init(params))
   # fsdp=4 shards every weight whose input channels it divides: far less than a full copy each.
   assert four["params"] < one["params"] / 2
   assert 2 * four["params"] <= four["optimizer_state"] <= 2 * four["params"] + 64
-  # Adafactor: no first moment; second moments at most parameter-sized (factored for large dims).
   assert ada["optimizer_state"] < 1.1 * ada["params"] < four["optimizer_state"]
   assert one["target"] == "cpu"
 
 
-def test_plan_peak_and_fit(plans):
-  for p in plans.values():
-    assert p["xla_temp"] > 0
-    assert p["peak"] == p["arguments"] + p["outputs"] - p["aliased"] + p["xla_temp"]
-    assert p["aliased"] > 0  # the train state is donated
-  assert plans["adam1"]["fits"] and not plans["adam4"]["fits"]  # the latter against 1 KiB
+def test_plan_peak_and_fit(plans, tiny):
+  """XLA's buffers of the compiled step against sizes computed here: its arguments are exactly the
+  train state (parameters, Adam moments and their int32 count, the int32 step) plus the batch
+  (base latents 4×8×16×3 and text 16×64 in float32, the text mask, the temporal mask, the key);
+  its temporaries hold at least the gradients; the donated state is aliased. A plan fits a memory
+  of its own peak and not one byte less."""
+  base = tiny.stages.base
+  video = 4 * base.frames * base.height * base.width * 3  # RGB pixels: the base has no autoencoder
+  text = 4 * 16 * 64 + 16 + 4 + 8  # float32 text, bool mask, float32 temporal mask, uint32 key
+  for name in ("adam1", "adam4"):
+    p = plans[name]
+    assert p["arguments"] == p["params"] + p["optimizer_state"] + 4 + video + text, name
+    assert p["xla_temp"] >= p["gradients"] and p["aliased"] >= p["params"], name
+  p = plans["adam1"]
+  assert memory.fits(p, p["peak"]) and not memory.fits(p, p["peak"] - 1)
+  assert p["fits"] and not plans["adam4"]["fits"]  # 32 GiB; 1 KiB
   text = memory.format_plan(plans["adam4"])
   assert "mesh {'data': 1, 'fsdp': 4, 'tensor': 1} on cpu" in text
   assert text.splitlines()[-1].endswith(": NO")

@@ -206,8 +206,13 @@ def plan(cascade_config: ml_collections.ConfigDict, stage_name: str, layout: par
              arguments=int(mem.argument_size_in_bytes), outputs=int(mem.output_size_in_bytes),
              aliased=int(mem.alias_size_in_bytes))
   out["peak"] = out["arguments"] + out["outputs"] - out["aliased"] + out["xla_temp"]
-  out["fits"] = out["peak"] <= hbm_bytes
+  out["fits"] = fits(out, hbm_bytes)
   return out
+
+
+def fits(p: dict, hbm_bytes: int) -> bool:
+  """Whether plan `p`'s per-device peak fits `hbm_bytes` of device memory."""
+  return p["peak"] <= hbm_bytes
 
 
 def format_plan(p: dict) -> str:

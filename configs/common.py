@@ -37,7 +37,10 @@ def cascade_config(cascade: str, runlocal: bool) -> ml_collections.ConfigDict:
 def diffusers_finetune(config: ml_collections.ConfigDict, runlocal: bool) -> None:
   """The paper's settings for Dreamix on the ModelScope backbone (App. C.5) in place of the
   moving-shapes ones, for a cascade read from a diffusers pipeline: 750 steps at learning rate
-  1e-5 on the one (latent) stage, ε-loss as the model was trained; α and s are the job's."""
+  1e-5 on the one (latent) stage, ε-loss as the model was trained; α and s are the job's. No
+  `finetuned_cascade/` export (5.6 GB of float32 that a diffusers cascade, which reads a pipeline
+  folder, could not load back) and checkpoints by wall time only (each orbax state of the 1.4B
+  U-Net with its Adam moments is ~17 GB; the paper's finetune takes under 15 minutes)."""
   if config.cascade.get("source", "project") != "diffusers":
     return
   config.finetune.steps = 4 if runlocal else 750
@@ -45,6 +48,8 @@ def diffusers_finetune(config: ml_collections.ConfigDict, runlocal: bool) -> Non
   config.finetune.weighting = "eps"
   config.finetune.batch_size = 1
   config.finetune.optimizer.lr = 1e-5
+  config.finetune.export = False
+  config.finetune.checkpoint_every = 0
 
 
 def base_config(job: str, runlocal: bool, cascade: str = "") -> ml_collections.ConfigDict:

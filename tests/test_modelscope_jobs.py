@@ -47,6 +47,7 @@ def test_edit_and_text2video_on_a_pipeline_folder(pipeline, tmp_path):
   meta = json.loads((folder / "meta.json").read_text())
   assert meta["output_shape"] == [4, 32, 32, 3]
   assert (meta["s"], meta["finetune"]["alpha"]) == (0.85, 0.5)  # App. C.5's defaults
+  assert not (tmp_path / "edit" / "edit" / "finetuned_cascade").exists()  # no 5.6 GB export
   t2v = _run(["--config=configs/text2video.py:cascade=modelscope,runlocal",
               f"--config.checkpoint={pipeline}"], tmp_path)
   assert t2v.returncode == 0, t2v.stderr[-3000:]

@@ -40,11 +40,13 @@ from dreamix_jax.train import checkpoints, loop as loop_lib, losses, state as st
 
 
 def finetune_config(**overrides) -> ml_collections.ConfigDict:
-  """Defaults from the paper: α = 0.35, 300 steps, Adam at 6e-6, stages base/ssr1/ssr2."""
+  """Defaults from the paper: α = 0.35, 300 steps, Adam at 6e-6, stages base/ssr1/ssr2.
+  `export`: write the finetuned stages to `<workdir>/finetuned_cascade/` (a cascade directory that
+  the sampling jobs read back with --config.checkpoint)."""
   cfg = ml_collections.ConfigDict(dict(
       enabled=True, alpha=0.35, steps=300, batch_size=1, prompt="sks", stages=("base", "ssr1", "ssr2"),
       ema_decay=0.0, weighting="v", seed=0, log_every=10, checkpoint_every=100,
-      checkpoint_every_minutes=10.0, on_nonfinite="stop",
+      checkpoint_every_minutes=10.0, on_nonfinite="stop", export=True,
       optimizer=state_lib.optimizer_config(name="adam", lr=6e-6, grad_clip=1.0)))
   cfg.update(overrides)
   return cfg
@@ -185,7 +187,7 @@ def finetune_cascade(cascade: cascade_lib.Cascade, params: dict, video, text, te
   """Finetunes `cfg.stages` (those the cascade has) on `video`, returns (new params, histories).
 
   video: (1, T, H, W, 3) at the resolution of the highest finetuned stage. The finetuned stages are
-  exported to `<workdir>/finetuned_cascade/` when a workdir is given. With a `timer`
+  exported to `<workdir>/finetuned_cascade/` when a workdir is given and `cfg.export`. With a `timer`
   (`jobs.common.Timer`) each stage is timed as phase `finetune_<stage>`.
   """
   names = finetuned_stages(cascade.names, cfg)
@@ -199,9 +201,10 @@ def finetune_cascade(cascade: cascade_lib.Cascade, params: dict, video, text, te
           cascade, cascade.stage(name), params[name], views, text, text_mask, cfg, workdir)
       if timer:
         new_params[name] = jax.block_until_ready(new_params[name])
-    if workdir:
+    export = workdir and cfg.export
+    if export:
       host_params = parallel.to_host(new_params[name])  # every process takes part in the gather
-    if workdir and parallel.is_primary():
+    if export and parallel.is_primary():
       checkpoints.save_cascade_stage(os.path.join(workdir, "finetuned_cascade"), name,
                                      host_params, cascade_config,
                                      metadata={"finetuned_on": "input", "steps": str(cfg.steps),

@@ -159,16 +159,8 @@ class ClipTextEmbedder:
     if isinstance(prompts, str):
       raise ValueError(f"Pass a sequence of prompts, not one string: [{prompts!r}].")
     prompts = list(prompts)
-    found = {}
-    for prompt in dict.fromkeys(prompts):
-      entry = self.cache.load(self.fingerprint, self.max_length, self.dim, prompt)
-      if entry is not None:
-        found[prompt] = entry
-    missing = [p for p in dict.fromkeys(prompts) if p not in found]
-    if missing:
-      for prompt, embedding, mask in zip(missing, *self.encode(missing)):
-        found[prompt] = (embedding, mask)
-        self.cache.store(self.fingerprint, self.max_length, prompt, embedding, mask, padded=True)
+    found = self.cache.read_through(self.fingerprint, self.max_length, self.dim, prompts,
+                                    self.encode, padded=True)
     if not prompts:
       return (np.zeros((0, self.max_length, self.dim), np.float32),
               np.ones((0, self.max_length), bool))

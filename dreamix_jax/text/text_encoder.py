@@ -169,6 +169,22 @@ class EmbeddingCache:
     _atomic_write(self.entry_path(fingerprint, max_length, prompt),
                   lambda f: np.savez(f, prompt=np.array(prompt), embedding=tokens))
 
+  def read_through(self, fingerprint: str, max_length: int, dim: int, prompts: Sequence[str],
+                   encode, *, padded: bool = False) -> dict:
+    """{prompt: (embedding (L, D), mask (L,))} for every distinct prompt: read from the cache, the
+    others encoded together by `encode(prompts) -> ((B, L, D), (B, L))` and stored."""
+    found = {}
+    for prompt in dict.fromkeys(prompts):
+      entry = self.load(fingerprint, max_length, dim, prompt)
+      if entry is not None:
+        found[prompt] = entry
+    missing = [p for p in dict.fromkeys(prompts) if p not in found]
+    if missing:
+      for prompt, embedding, mask in zip(missing, *encode(missing)):
+        found[prompt] = (embedding, mask)
+        self.store(fingerprint, max_length, prompt, embedding, mask, padded=padded)
+    return found
+
 
 def encoder_fingerprint(t5_dir: str, dtype: str) -> str:
   """sha256 of the content of the T5 directory's weight, config and tokenizer files and of the
@@ -252,19 +268,12 @@ class T5TextEncoder:
   def __call__(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings float32 (B, L, D) and mask bool (B, L); cached prompts skip T5."""
     prompts = _check_prompts(prompts)
-    found = {}
     if self.cache:
-      for prompt in dict.fromkeys(prompts):
-        entry = self.cache.load(self.fingerprint, self.max_length, self.dim, prompt)
-        if entry is not None:
-          found[prompt] = entry
-    missing = [p for p in dict.fromkeys(prompts) if p not in found]
-    if missing:
-      embeddings, masks = self.encode(missing)
-      for prompt, embedding, mask in zip(missing, embeddings, masks):
-        found[prompt] = (embedding, mask)
-        if self.cache:
-          self.cache.store(self.fingerprint, self.max_length, prompt, embedding, mask)
+      found = self.cache.read_through(self.fingerprint, self.max_length, self.dim, prompts,
+                                      self.encode)
+    else:
+      distinct = list(dict.fromkeys(prompts))
+      found = dict(zip(distinct, zip(*self.encode(distinct)))) if distinct else {}
     return _stack([found[p] for p in prompts], self.max_length, self.dim)
 
   def null(self, batch: int) -> tuple[np.ndarray, np.ndarray]:

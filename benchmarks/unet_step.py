@@ -46,13 +46,18 @@ def make_batch(stage, casc, batch: int, rng):
   return out
 
 
-def compiled_train_step(stage, casc, params, batch, alpha: float):
-  """(compiled donating step, initial state) for the given loss weighting."""
-  apply = casc.denoiser(stage)
-  loss_fn = losses.make_stage_loss(apply, stage, casc.schedule)
+def train_step(stage, casc, params, alpha: float):
+  """(train step function, initial state) for the given loss weighting (α = 1: the video loss)."""
+  loss_fn = losses.make_stage_loss(casc.denoiser(stage), stage, casc.schedule)
   optimizer = state_lib.make_optimizer(state_lib.optimizer_config())
   step = state_lib.make_train_step(objective.make_mixed_loss(loss_fn, stage, alpha), optimizer)
   state = state_lib.init_state(jax.tree_util.tree_map(jnp.copy, params), optimizer, ema=False)
+  return step, state
+
+
+def compiled_train_step(stage, casc, params, batch, alpha: float):
+  """(compiled donating step, initial state) for the given loss weighting."""
+  step, state = train_step(stage, casc, params, alpha)
   compiled = jax.jit(step, donate_argnums=(0,)).lower(state, batch, jax.random.PRNGKey(0)).compile()
   return compiled, state
 

@@ -4,6 +4,8 @@ Timings are not checked (CPU under test load); the tables' columns, row names an
 positive figures are.
 """
 
+import gzip
+import json
 import os
 import subprocess
 import sys
@@ -17,6 +19,7 @@ sys.path.insert(0, BENCH)
 
 import edit_phases  # pylint: disable=g-import-not-at-top,wrong-import-position
 import sampler_loop  # pylint: disable=g-import-not-at-top,wrong-import-position
+import step_profile  # pylint: disable=g-import-not-at-top,wrong-import-position
 import unet3d_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 import unet_step  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -103,3 +106,46 @@ def test_unet3d_step_table():
   assert float(rows[0][col["params_M"]]) == pytest.approx(count / 1e6, abs=0.005)
   for name in ("GFLOP", "time_s", "GFLOP/s", "peak_GFLOP/s", "frac_peak", "compile_s", "xla_GiB"):
     assert _positive(rows[0][col[name]]), name
+
+
+def test_step_profile_table():
+  """The profile of the tiny base stage's train step: real operation kinds, shares summing to one,
+  and the runtime's own trace events left out."""
+  title, header, rows = run_script("step_profile.py", "--mode=profile", "--top=4")
+  assert "1 steps traced" in title
+  assert tuple(header) == step_profile.PROFILE_COLUMNS
+  kinds = [r[1] for r in rows]
+  assert len(kinds) == 6 and kinds[4].startswith("other (") and kinds[5] == "total"
+  assert all(step_profile._HLO_NAME.fullmatch(k) for k in kinds[:4])  # pylint: disable=protected-access
+  shares = [float(r[3]) for r in rows]
+  assert shares[:4] == sorted(shares[:4], reverse=True)
+  assert sum(shares[:5]) == pytest.approx(1.0, abs=0.01) and shares[5] == 1.0
+  ms = [float(r[2]) for r in rows]
+  assert sum(ms[:5]) == pytest.approx(ms[5], rel=0.01)
+
+
+def test_step_profile_groups_operations_by_kind(tmp_path):
+  """`op_kinds` on a written trace: suffixes merged, per step, runtime events and instants dropped."""
+  events = [dict(ph="X", name="ynn_fusion.95", dur=3000), dict(ph="X", name="ynn_fusion.7", dur=1000),
+            dict(ph="X", name="copy", dur=500), dict(ph="X", name="dot.3.1", dur=1500),
+            dict(ph="X", name="ThunkExecutor::Execute", dur=90000),
+            dict(ph="X", name="$api.py:2479 block_until_ready", dur=90000),
+            dict(ph="X", name="Handle inputs", dur=700), dict(ph="i", name="copy", dur=9000)]
+  path = tmp_path / "perfetto_trace.json.gz"
+  with gzip.open(path, "wt") as f:
+    json.dump({"traceEvents": events}, f)
+  assert step_profile.op_kinds(str(path), steps=2) == [
+      ("ynn_fusion", 2.0, 1), ("dot", 0.75, 0), ("copy", 0.25, 0)]
+
+
+def test_step_profile_flags():
+  assert step_profile.parse_backbone("channels=16, spacetime_conv_levels=(0, 1),coord_time=True") == {
+      "channels": 16, "spacetime_conv_levels": (0, 1), "coord_time": True}
+  assert step_profile.parse_variants("a:x=,y=TRUE,z=3;b:q=false") == {
+      "default": {}, "a": {"x": "", "y": True, "z": 3}, "b": {"q": False}}
+  for bad in ("channels", "channels=sixteen"):
+    with pytest.raises(SystemExit, match="--backbone"):
+      step_profile.parse_backbone(bad)
+  for bad in ("noname", "default:x=1", "a:x"):
+    with pytest.raises(SystemExit, match="--variants"):
+      step_profile.parse_variants(bad)

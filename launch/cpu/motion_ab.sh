@@ -32,6 +32,9 @@ case "$arm" in
   abS) flags+=("${coords[@]}" "$b.spacetime_conv_levels=(0,1)" "${signal[@]}") ;;
   *) echo "error: unknown arm '$arm'; use control, S, a, ab or abS." >&2; exit 2 ;;
 esac
+# XLA:CPU without its YNNPACK fusions: 7% (control) to 15% (ab) faster train steps on the 2-core
+# CPU (benchmarks/README.md, "Where the shapes base step goes").
+export XLA_FLAGS="${XLA_FLAGS:-} --xla_cpu_experimental_ynn_fusion_type="
 exec python -m dreamix_jax.main --config=configs/pretrain.py:stage=base,batch=8,world=motion \
   --workdir="$root/$arm" --config.init_from="$init_from" --config.steps="$steps" \
   --config.checkpoint_every=250 --config.log_every=25 --config.sample_every=0 "${flags[@]}"

@@ -80,7 +80,13 @@ def test_plan_on_a_tpu_topology(tiny):
   assert len(devices) == 4 and devices[0].device_kind == "TPU v4"
   layout = parallel.Layout(parallel.make_mesh({"fsdp": 4}, devices=devices))
   p = memory.plan(tiny, "base", layout, optimizer="adam")
-  assert p["target"] == "TPU v4" and p["xla_temp"] > 0 and p["fits"]
+  assert p["target"] == "TPU v4" and p["fits"]
+  # TPU layouts pad small arrays to whole tiles: at least the analytic state, all of it donated.
+  assert p["aliased"] >= p["params"] + p["optimizer_state"]
+  assert p["arguments"] > p["aliased"]  # and the batch
+  # libtpu 0.0.42 reports no temporaries at all for this tiny step, so only their sign is fixed.
+  assert p["xla_temp"] >= 0
+  assert p["peak"] == p["arguments"] + p["outputs"] - p["aliased"] + p["xla_temp"]
 
 
 # The shape-only path of a diffusers cascade (ModelScope): a toy UNet3D of the tests' size.

@@ -84,9 +84,6 @@ def test_plan_on_a_tpu_topology(tiny):
   # TPU layouts pad small arrays to whole tiles: at least the analytic state, all of it donated.
   assert p["aliased"] >= p["params"] + p["optimizer_state"]
   assert p["arguments"] > p["aliased"]  # and the batch
-  # libtpu 0.0.42 reports no temporaries at all for this tiny step, so only their sign is fixed.
-  assert p["xla_temp"] >= 0
-  assert p["peak"] == p["arguments"] + p["outputs"] - p["aliased"] + p["xla_temp"]
 
 
 # The shape-only path of a diffusers cascade (ModelScope): a toy UNet3D of the tests' size.

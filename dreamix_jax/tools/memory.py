@@ -20,8 +20,9 @@ SD autoencoder's latent shape (`shape_only_cascade`).
 
 Two compilers:
 - `--topology=v4:2x2x1` (any TPU topology name): the real TPU compiler, deviceless, as on a TPU VM
-  — no TPU needed, only the `libtpu` wheel matching JAX (`pip install "jax[tpu]==<jax version>"`;
-  not a project requirement). This is the answer to trust: TPU buffer assignment, fusion and
+  — no TPU needed, only the `libtpu` wheel that `jax[tpu]` of this JAX version requires, installed
+  beside the environment and put on the planner's path (docs/memory_plan.md, "On the TPU compiler";
+  not a project requirement: importable, it makes every JAX process probe for TPUs). This is the answer to trust: TPU buffer assignment, fusion and
   scheduling, and rematerialisation that actually frees activations.
 - no `--topology`: simulated CPU devices. The CPU backend does not free rematerialised activations
   (a 16-layer `jax.checkpoint` chain needs *more* temporaries than without remat on CPU, 7× less on
@@ -43,6 +44,7 @@ if __name__ == "__main__":  # before JAX starts: one simulated CPU device per me
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                              f" --xla_force_host_platform_device_count={max(_count, 1)}").strip()
 
+import importlib.metadata  # noqa: E402
 import importlib.util  # noqa: E402
 import time  # noqa: E402
 
@@ -94,6 +96,15 @@ def define_flags():
                       "ModelScope's UNet3D (MODELSCOPE_UNET) and the SD VAE.")
 
 
+def _libtpu_requirement() -> str:
+  """The libtpu pin of this JAX's `tpu` extra (e.g. 'libtpu==0.0.42.*'), from JAX's metadata."""
+  for requirement in importlib.metadata.requires("jax") or ():
+    name, _, marker = requirement.partition(";")
+    if name.strip().startswith("libtpu") and "tpu" in marker:
+      return name.strip()
+  return "libtpu"
+
+
 def topology_devices(topology: str) -> list:
   """The devices of a TPU topology (e.g. 'v4:2x2x1': 4 v4 chips) for a deviceless compile.
 
@@ -102,8 +113,9 @@ def topology_devices(topology: str) -> list:
   """
   if importlib.util.find_spec("libtpu") is None:
     raise ValueError(f"--topology={topology} compiles with the TPU compiler, which needs the libtpu "
-                     f"wheel: pip install 'jax[tpu]=={jax.__version__}' (or drop --topology to "
-                     "plan on simulated CPU devices).")
+                     "wheel beside the environment: pip install --no-deps --target DIR "
+                     f"'{_libtpu_requirement()}', then run with PYTHONPATH=DIR (or drop --topology "
+                     "to plan on simulated CPU devices).")
   chip = topology.split(":", 1)[0]
   config = "megacore" if chip in ("v4", "v5p") else "default"
   return list(topologies.get_topology_desc(topology, "tpu", chip_config_name=config).devices)

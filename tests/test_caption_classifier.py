@@ -71,13 +71,50 @@ def test_classify_clips_scores_a_denoiser_with_known_preferences():
   table = {t["attribute"]: t for t in cc.summarize(rows, LOGSNRS)}
   still = np.mean([t.motion == "still" for t in targets])
   assert 0 < still < 1
-  assert {a: t["accuracy"] for a, t in table.items()} == {
+  assert {a: table[a]["accuracy"] for a in cc.VOCABULARIES} == {
       "color": 1.0, "shape": 1.0, "motion": still, "background": 1.0}
   assert table["motion"]["chance"] == 0.2 and table["shape"]["chance"] == pytest.approx(1 / 3)
   assert table["motion"]["at_logsnr_0"] == still
   motion_rows = [r for r in rows if r["attribute"] == "motion"]
   assert {r["winner"] for r in motion_rows} == {"still"}
   assert [r["true"] for r in motion_rows] == [t.motion for t in targets]
+
+
+def test_direction_row_leaves_still_out_and_counts_moving_clips_only():
+  """A fake denoiser that always prefers 'still', then (at the first two levels) the true
+  direction, and at the last level the opposite one: motion accuracy 0 on moving clips, direction
+  accuracy 1, 1, 0 by level and 1 summed; still clips are not in the direction row."""
+  targets = [shapes.clip_attributes(0, "test", i) for i in range(16)]
+  opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}
+  calls = []
+
+  def errors_fn(video, text, mask, eps, logsnrs):
+    calls.append(None)
+    truth = targets[(len(calls) - 1) // 4].discrete()
+    errors = np.full((text.shape[0], len(logsnrs)), 5.0)
+    for k in range(text.shape[0]):
+      words = {w for w, on in zip(_WordEmbedder.VOCAB, text[k, 0]) if on}
+      if "still" in words:
+        errors[k] = 0.0
+      elif truth.motion in words:
+        errors[k] = (1.0, 1.0, 3.0)
+      elif opposite.get(truth.motion) in words:
+        errors[k] = (4.0, 4.0, 2.0)
+    return errors
+
+  rows = cc.classify_clips(errors_fn, _WordEmbedder(), targets, shape=(4, 8, 16), logsnrs=LOGSNRS,
+                           seed=0)
+  moving = [t for t in targets if t.motion != "still"]
+  assert 0 < len(moving) < len(targets)
+  table = {t["attribute"]: t for t in cc.summarize(rows, LOGSNRS)}
+  assert table["direction"]["clips"] == len(moving) and table["direction"]["chance"] == 0.25
+  assert [table["direction"][k] for k in ("accuracy", "at_logsnr_-4", "at_logsnr_0", "at_logsnr_3")
+          ] == [1.0, 1.0, 1.0, 0.0]
+  assert table["motion"]["accuracy"] == pytest.approx(1 - len(moving) / len(targets))
+  still_rows = [r for r in rows if r["attribute"] == "motion" and r["true"] == "still"]
+  assert still_rows and all("direction_correct" not in r for r in still_rows)
+  only_still = [r for r in rows if r["attribute"] != "motion" or r["true"] == "still"]
+  assert "direction" not in {t["attribute"] for t in cc.summarize(only_still, LOGSNRS)}
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +161,9 @@ def test_classifier_benchmark_runlocal(tmp_path, tiny_base):
     errors = {v: float(r[f"error_{v}"]) for v in cc.VOCABULARIES[r["attribute"]]}
     assert r["winner"] == min(errors, key=errors.get)
     assert r["correct"] == str(int(r["winner"] == r["true"]))
-  assert [r["attribute"] for r in table] == list(cc.VOCABULARIES)
-  for t in table:
+  moving = [r for r in clips if r["attribute"] == "motion" and r["true"] != "still"]
+  assert [r["attribute"] for r in table] == list(cc.VOCABULARIES) + ["direction"] * bool(moving)
+  for t in table[:len(cc.VOCABULARIES)]:
     mine = [int(r["correct"]) for r in clips if r["attribute"] == t["attribute"]]
     assert (int(t["clips"]), float(t["accuracy"])) == (2, np.mean(mine))
   bad = load("configs/eval.py:benchmark=classifier,runlocal")

@@ -7,7 +7,8 @@ and each captioned attribute, the clip (rendered at the stage's size) is noised 
 at every log-SNR of `logsnrs`, the U-Net predicts v̂ under every caption that differs from the
 true one in that attribute alone (5 colors, 3 shapes, 5 motions, 3 backgrounds), and the caption
 with the lowest v-error wins. The benchmark reports, per attribute, the share of clips on which the
-true caption wins (summed over noise levels, and at each level) against chance (1 / candidates).
+true caption wins (summed over noise levels, and at each level) against chance (1 / candidates),
+and `direction`: the motion row of the moving clips with "still" left out (chance 1/4).
 
 Why it exists: sampling + the pixel probe (`shapes.text2video`) says *whether* samples show an
 attribute; this says whether the model *uses* the words at all, from forward passes only (no
@@ -15,7 +16,8 @@ sampling loop), so it is cheap enough to track an attribute during pretraining. 
 chance here is ignored by the denoiser, whatever the sampler or guidance weight.
 
 Files written into the workdir: `classifier_clips.csv` (one row per clip and attribute: the true
-value, the winner, the v-error of every candidate), `classifier.csv` / `.md` (the table).
+value, the winner, the v-error of every candidate; on a moving clip's motion row also whether the
+true direction beats the other three), `classifier.csv` / `.md` (the table).
 """
 
 from __future__ import annotations
@@ -90,7 +92,9 @@ def classify_clips(errors_fn: Callable[..., np.ndarray], embedder,
                    targets: Sequence[shapes.ClipAttributes], *, shape: tuple[int, int, int],
                    logsnrs: Sequence[float], seed: int) -> list[dict]:
   """One row per (clip, attribute): `clip`, `attribute`, `true`, `winner` (lowest v-error summed
-  over noise levels), `correct`, `correct_at_<λ>` per level, and `error_<value>` per candidate.
+  over noise levels), `correct`, `correct_at_<λ>` per level, and `error_<value>` per candidate;
+  a moving clip's motion row also has `direction_correct` and `direction_correct_at_<λ>` (the
+  same with "still" left out of the candidates).
 
   `errors_fn(video, text, text_mask, eps, logsnrs) -> (K, N)` is `denoising_errors` with its
   stage and parameters bound. Every clip is rendered at `shape` (frames, height, width); its noise
@@ -116,23 +120,48 @@ def classify_clips(errors_fn: Callable[..., np.ndarray], embedder,
       for n, lam in enumerate(logsnrs):
         row[f"correct_at_{lam:g}"] = int(np.argmin(errors[:, n]) == true_index)
       row.update({f"error_{value}": float(errors[j].sum()) for j, value in enumerate(vocabulary)})
+      if attribute == "motion" and truth.motion != "still":
+        row.update(_direction_scores(errors, vocabulary, true_index, logsnrs))
       rows.append(row)
     logging.info("caption classifier: %d/%d clips.", i + 1, len(targets))
   return rows
 
 
+def _direction_scores(errors: np.ndarray, vocabulary: Sequence[str], true_index: int,
+                      logsnrs: Sequence[float]) -> dict:
+  """A moving clip's motion row, with "still" left out of the candidates: is the true direction's
+  error the lowest of the four directions? (`direction_correct`, and `direction_correct_at_<λ>`
+  per level; `errors` is (candidates, levels).) Moving vs still is learnt early and the right
+  *direction* late, so this is the measure of the direction words alone: chance is 1/4."""
+  moving = [j for j, value in enumerate(vocabulary) if value != "still"]
+  best = lambda e: moving[int(np.argmin(e[moving]))]
+  scores = dict(direction_correct=int(best(errors.sum(axis=1)) == true_index))
+  for n, lam in enumerate(logsnrs):
+    scores[f"direction_correct_at_{lam:g}"] = int(best(errors[:, n]) == true_index)
+  return scores
+
+
 def summarize(rows: Sequence[dict], logsnrs: Sequence[float]) -> list[dict]:
-  """Per attribute: clips, chance (1 / candidates), accuracy over all levels and at each level."""
+  """Per attribute: clips, chance (1 / candidates), accuracy over all levels and at each level;
+  then `direction`, the motion row of the moving clips among the four directions alone (absent
+  when every clip stands still)."""
   if not rows:
     raise ValueError("No classified clips to summarize.")
-  table = []
-  for attribute, vocabulary in VOCABULARIES.items():
-    mine = [r for r in rows if r["attribute"] == attribute]
-    entry = dict(attribute=attribute, clips=len(mine), chance=1.0 / len(vocabulary),
-                 accuracy=float(np.mean([r["correct"] for r in mine])))
+
+  def entry(name, mine, chance, key):
+    out = dict(attribute=name, clips=len(mine), chance=chance,
+               accuracy=float(np.mean([r[key] for r in mine])))
     for lam in logsnrs:
-      entry[f"at_logsnr_{lam:g}"] = float(np.mean([r[f"correct_at_{lam:g}"] for r in mine]))
-    table.append(entry)
+      out[f"at_logsnr_{lam:g}"] = float(np.mean([r[f"{key}_at_{lam:g}"] for r in mine]))
+    return out
+
+  table = [entry(attribute, [r for r in rows if r["attribute"] == attribute],
+                 1.0 / len(vocabulary), "correct")
+           for attribute, vocabulary in VOCABULARIES.items()]
+  moving = [r for r in rows if "direction_correct" in r]
+  if moving:
+    table.append(entry("direction", moving, 1.0 / (len(VOCABULARIES["motion"]) - 1),
+                       "direction_correct"))
   return table
 
 

@@ -216,10 +216,17 @@ def test_text2video_scores_read_rendered_captions():
         a: int(a != wrong) for a in text2video.ATTRIBUTES}
     assert r["all"] == 0
   table = text2video.summarize(rows)
+  moving = [t for t in changed if t.motion != "still"]
   assert [(t["attribute"], t["samples"]) for t in table] == [
-      (a, 6) for a in text2video.ATTRIBUTES + ("all",)]
+      (a, 6) for a in text2video.ATTRIBUTES + ("all",)] + [("direction", len(moving))]
   assert table[0]["found"] == pytest.approx(5 / 6)  # color ("appearance") changed in 1 of the 6
-  assert table[-1]["found"] == 0.0
+  assert table[4]["found"] == 0.0
+  # direction: the motion column of the moving captions alone
+  motion_found = [r["motion"] for r, t in zip(rows, changed) if t.motion != "still"]
+  assert table[5]["found"] == pytest.approx(np.mean(motion_found)) and 0 < np.mean(motion_found) < 1
+  still = dict(caption="a red circle standing still on a black background", color=1, shape=1,
+               motion=1, background=1, all=1)
+  assert [t["attribute"] for t in text2video.summarize([still])][-1] == "all"
 
 
 def test_text2video_confusion_counts_captioned_against_read_values():
@@ -291,8 +298,10 @@ def test_text2video_runlocal(tmp_path):
                                              for t in text2video.test_captions(2, 0)]
   with open(paths["table_csv"]) as f:
     table = list(csv.DictReader(f))
-  assert [r["attribute"] for r in table] == list(text2video.ATTRIBUTES) + ["all"]
-  for r in table:
+  moving = [s for s in samples if shapes.parse_caption(s["caption"]).motion != "still"]
+  assert [r["attribute"] for r in table] == (list(text2video.ATTRIBUTES) + ["all"]
+                                             + ["direction"] * bool(moving))
+  for r in table[:len(text2video.ATTRIBUTES) + 1]:
     found = [int(s[r["attribute"]]) for s in samples]
     assert (int(r["samples"]), float(r["found"])) == (2, np.mean(found))
   for attribute in text2video.ATTRIBUTES:

@@ -4,7 +4,8 @@ The captions are those of the first `num_captions` clips of the moving-shapes te
 attribute mix is the dataset's). Each caption is sampled once through the cascade (up to stage
 `upto`, default the last), the probe reads the four captioned attributes from the pixels, and the
 benchmark reports, per attribute, the share of samples that show the caption's value — the
-alignment figure of docs/design.md (the moving-shapes world) — plus the share that show all four.
+alignment figure of docs/design.md (the moving-shapes world) — plus the share that show all four,
+and the motion of the moving captions alone (`direction`).
 
 Files written into the workdir: `text2video_samples.csv` (one row per sample: the caption, what the
 probe read, a 0/1 per attribute), `text2video.csv` / `.md` (the per-attribute table),
@@ -66,11 +67,16 @@ def score_samples(videos: np.ndarray, targets: Sequence[shapes.Attributes]) -> l
 
 def summarize(rows: Sequence[dict]) -> list[dict]:
   """Per attribute (then `all`): the number of samples and the share in which the probe found the
-  caption's value."""
+  caption's value; then `direction`, the motion of the samples whose caption moves (absent when
+  every caption stands still): moving vs still is learnt early, the direction words late."""
   if not rows:
     raise ValueError("No samples to summarize.")
-  return [dict(attribute=a, samples=len(rows), found=float(np.mean([r[a] for r in rows])))
-          for a in ATTRIBUTES + ("all",)]
+  table = [dict(attribute=a, samples=len(rows), found=float(np.mean([r[a] for r in rows])))
+           for a in ATTRIBUTES + ("all",)]
+  moving = [r["motion"] for r in rows if shapes.parse_caption(r["caption"]).motion != "still"]
+  if moving:
+    table.append(dict(attribute="direction", samples=len(moving), found=float(np.mean(moving))))
+  return table
 
 
 def confusion(rows: Sequence[dict], attribute: str) -> list[dict]:

@@ -22,8 +22,9 @@ Two compilers:
 - `--topology=v4:2x2x1` (any TPU topology name): the real TPU compiler, deviceless, as on a TPU VM
   — no TPU needed, only the `libtpu` wheel that `jax[tpu]` of this JAX version requires, installed
   beside the environment and put on the planner's path (docs/memory_plan.md, "On the TPU compiler";
-  not a project requirement: importable, it makes every JAX process probe for TPUs). This is the answer to trust: TPU buffer assignment, fusion and
-  scheduling, and rematerialisation that actually frees activations.
+  not a project requirement: importable, it makes every JAX process probe for TPUs). This is the
+  answer to trust: TPU buffer assignment, fusion and scheduling, and rematerialisation that
+  actually frees activations.
 - no `--topology`: simulated CPU devices. The CPU backend does not free rematerialised activations
   (a 16-layer `jax.checkpoint` chain needs *more* temporaries than without remat on CPU, 7× less on
   TPU v4), so for remat'd programs this overestimates activation memory severely; use it for

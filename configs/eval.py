@@ -75,8 +75,11 @@ def get_config(arg=None):
   config.classifier = dict(num_clips=2 if arg.runlocal else 32, data_seed=0,
                            logsnrs=(-6.0, -4.0, -2.0, 0.0, 2.0))
   # Log-SNRs where the input is (nearly) pure noise; 16 draws per caption; 200 rendered clips per
-  # motion for the world's mean; num_samples per motion sampled from the mean start (0: none).
-  config.drift = dict(object="a red circle standing still on a black background",
+  # motion for the world's mean; num_samples per motion sampled from the mean start (0: none). The
+  # object is the motion-only world's own with `:world=motion`.
+  still = "a {} standing still on a black background".format(
+      "white square" if arg.world == "motion" else "red circle")
+  config.drift = dict(object=still,
                       logsnrs=(-10.0, -6.0), num_noise=2 if arg.runlocal else 16,
                       num_clips=8 if arg.runlocal else 200, num_samples=0)
   # Four clips differing in one attribute, memorised from pure noise by a copy of the base stage.

@@ -48,6 +48,13 @@ def test_logsnr_mixture_replaces_a_share_of_the_draws():
 def test_ab_configs_and_script_arguments():
   config = load("configs/pretrain.py:world=motion")
   assert dict(config.data.vocabulary)["color"] == ("white",)
+  # The drift benchmark's object belongs to the world it is scored in.
+  for arg, vocabulary in (("world=motion", MOTION_ONLY), ("", {})):
+    eval_config = load(f"configs/eval.py:{arg}" if arg else "configs/eval.py")
+    drawn = world.parse_caption(eval_config.drift.object)
+    assert drawn.motion == "still"
+    for attribute, values in vocabulary.items():
+      assert getattr(drawn, attribute) in values
   assert load("configs/eval.py:world=motion").vocabulary.shape == ("square",)
   proc = subprocess.run(["bash", "launch/cpu/motion_ab.sh", "bogus", "10"], cwd=ROOT,
                         capture_output=True, text=True)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Scores one arm of the direction-of-motion A/B (launch/cpu/motion_ab.sh) at its latest EMA
 # weights: the caption classifier on 64 motion-only test clips (motion row: is the true motion's
-# denoising error the lowest?) and 32 text-to-video samples of the base stage read by the probe.
+# denoising error the lowest?), the caption-mean drift from pure noise (does the prediction already
+# move the caption's way?) and 32 text-to-video samples of the base stage read by the probe.
 #
 #   bash launch/cpu/motion_ab_eval.sh ARM [WORKROOT=runs/motion_ab]
 set -euo pipefail
@@ -19,6 +20,8 @@ out="$root/$arm/eval"
 common=(--config.checkpoint="$root/$arm/cascade" --config.overwrite=True "${flags[@]}")
 python -m dreamix_jax.main --config=configs/eval.py:benchmark=classifier,world=motion \
   --workdir="$out/classifier" --config.classifier.num_clips=64 "${common[@]}"
+python -m dreamix_jax.main --config=configs/eval.py:benchmark=drift,world=motion \
+  --workdir="$out/drift" "${common[@]}"
 python -m dreamix_jax.main --config=configs/eval.py:benchmark=text2video,upto=base,world=motion \
   --workdir="$out/text2video" --config.text2video.num_captions=32 "${common[@]}"
-cat "$out/classifier/classifier.md" "$out/text2video/text2video.md"
+cat "$out/classifier/classifier.md" "$out/drift/drift.md" "$out/text2video/text2video.md"

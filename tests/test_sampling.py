@@ -59,12 +59,12 @@ def test_trajectory_holds_each_steps_prediction_in_order():
     alpha, sigma = (schedules.bcast(a, z) for a in schedules.alpha_sigma(lam))
     return schedules.v_from_x_eps(x, (z - alpha * x) / sigma, lam), None
 
-  cfg = sampling.SamplerConfig(num_steps=5, thresholding="none")
   z = jax.random.normal(jax.random.PRNGKey(4), (2, 3))
-  for t_start in (1.0, 0.6):
+  for t_start, shift in ((1.0, 1.0), (0.6, 1.0), (1.0, 3.0), (0.6, 3.0)):
+    cfg = sampling.SamplerConfig(num_steps=5, thresholding="none", time_shift=shift)
     x, xs = sampling.ddim_sample(v_fn, z, jax.random.PRNGKey(0), schedule=SCHED, config=cfg,
                                  t_start=t_start, trajectory=True)
-    times = sampling.step_times(5, t_start)
+    times = sampling.step_times(5, t_start, shift)
     assert times.shape == (6,) and float(times[0]) == pytest.approx(t_start) and times[-1] == 0
     assert xs.shape == (5, 2, 3)
     np.testing.assert_allclose(xs[:, 0, 0], SCHED.logsnr(times[:-1]), rtol=1e-4)
@@ -72,6 +72,17 @@ def test_trajectory_holds_each_steps_prediction_in_order():
     np.testing.assert_array_equal(x, sampling.ddim_sample(v_fn, z, jax.random.PRNGKey(0),
                                                           schedule=SCHED, config=cfg,
                                                           t_start=t_start))
+
+
+def test_time_shift_moves_steps_to_the_noisy_end():
+  """u ↦ 3u / (1 + 2u) on the fractions 1, 3/4, 1/2, 1/4, 0 of `t_start`; the ends stay."""
+  np.testing.assert_allclose(sampling.step_times(4, 1.0, 3.0), [1.0, 0.9, 0.75, 0.5, 0.0],
+                             rtol=1e-6)
+  np.testing.assert_allclose(sampling.step_times(4, 0.5, 3.0), [0.5, 0.45, 0.375, 0.25, 0.0],
+                             rtol=1e-6)
+  np.testing.assert_allclose(sampling.step_times(4, 0.8), [0.8, 0.6, 0.4, 0.2, 0.0], rtol=1e-6)
+  with pytest.raises(ValueError, match="time_shift must be > 0"):
+    sampling.SamplerConfig(time_shift=0.0)
 
 
 def test_start_at_zero_returns_input():

@@ -201,7 +201,8 @@ def drift_rows(cascade, params, embedder, config, timer) -> list[dict]:
                           config.seed).mean(axis=0) for m in shapes.MOTIONS}
   guidance = float(base.sampler.guidance_weights()[0])
   # The sampler's first step goes from pure noise to the log-SNR of its second step.
-  start_logsnr = float(cascade.schedule.logsnr(sampling.step_times(base.sampler.num_steps)[1]))
+  start_logsnr = float(cascade.schedule.logsnr(
+      sampling.step_times(base.sampler.num_steps, 1.0, base.sampler.time_shift)[1]))
 
   def sample(text, mask, z_start, t_start):
     rng = jax.random.PRNGKey(config.seed + 1)

@@ -162,7 +162,8 @@ def run_benchmark(config, workdir: str, *, cascade, params, embedder, timer) -> 
                                          trace=cfg.trace)
   decision = None
   if cfg.trace:
-    times = np.asarray(sampling.step_times(cascade.stages[0].sampler.num_steps))[:-1]
+    sampler = cascade.stages[0].sampler
+    times = np.asarray(sampling.step_times(sampler.num_steps, 1.0, sampler.time_shift))[:-1]
     decision = decision_table(step_reads, targets,
                               [float(cascade.schedule.logsnr(t)) for t in times])
   with timer("probe"):

@@ -14,7 +14,8 @@
 `outputs`: scores every result folder under it into `<workdir>/scores.csv` and `scores.md` (temporal
 distance always; CLIP score with `clip_dir`, a local Hugging Face CLIP; temporal LPIPS with
 `lpips_weights`, a file from tools/convert_lpips; the moving-shapes probe for shapes prompts).
-`benchmark=shapes`: edits `ablation.num_clips` test-split clips × 4 edit categories with 4 methods
+`benchmark=shapes`: edits `ablation.num_clips` test-split clips × 4 edit categories (`:world=motion`:
+the motion-only world's clips, motion edits only) with 4 methods
 (no finetuning at s = `ablation.s_none`; video (α = 1) and mixed (α = 0.35) finetuning for
 `ablation.steps` steps at s = `ablation.s_finetuned`; text-to-video) on the demo cascade, scores the
 outputs of stage `upto` (default: base, the stage the methods finetune; `upto=ssr` scores the
@@ -56,8 +57,9 @@ def get_config(arg=None):
   config.clip_dir = arg.clip_dir
   config.lpips_weights = arg.lpips_weights
   config.benchmark = arg.benchmark
-  # The world the text2video and classifier benchmarks draw test clips from: `:world=motion` is
-  # the motion-only world of the direction-of-motion A/B (configs/pretrain.py); empty: all values.
+  # The world the ablation, text2video and classifier benchmarks draw test clips from:
+  # `:world=motion` is the motion-only world of the direction-of-motion A/B (configs/pretrain.py;
+  # the ablation then edits the motion alone); empty: all values.
   config.vocabulary = dict(color=("white",), shape=("square",), background=("black",),
                            motion=()) if arg.world == "motion" else dict(
                                color=(), shape=(), motion=(), background=())

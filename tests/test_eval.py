@@ -13,7 +13,7 @@ from dreamix_jax.data import tfds_builders
 from dreamix_jax.shapes import world as shapes
 from dreamix_jax.shapes import ablation
 from dreamix_jax.data import report
-from dreamix_jax.metrics import temporal
+from dreamix_jax.metrics import proportions, temporal
 from dreamix_jax.shapes import scoring
 from dreamix_jax.shapes import text2video
 from dreamix_jax.jobs import common, evaluate
@@ -85,6 +85,41 @@ def test_edit_attributes_change_exactly_one_attribute():
   assert ablation.edit_attributes(SOURCE, "appearance", 5).color == "blue"
   with pytest.raises(ValueError, match="Unknown edit category"):
     ablation.edit_attributes(SOURCE, "style", 0)
+
+
+MOTION_WORLD = dict(color=("white",), shape=("square",), background=("black",))
+
+
+def test_ablation_in_the_motion_world_edits_the_motion_only():
+  assert ablation.edit_categories() == list(ablation.CATEGORIES)
+  assert ablation.edit_categories(MOTION_WORLD) == ["motion"]
+  clips = ablation.source_clips(20, data_seed=0, vocabulary=MOTION_WORLD)
+  assert {(c.color, c.shape, c.background) for c in clips} == {("white", "square", "black")}
+  assert len({c.motion for c in clips}) == 5
+  for index, clip in enumerate(clips):
+    edited = ablation.edit_attributes(clip, "motion", index, MOTION_WORLD)
+    assert edited.motion != clip.motion
+    assert dataclasses.replace(edited, motion=clip.motion) == clip.discrete()
+  with pytest.raises(ValueError, match="cannot be edited in this world"):
+    ablation.edit_attributes(clips[0], "appearance", 0, MOTION_WORLD)
+
+
+@pytest.mark.parametrize("successes, trials, low, high", [
+    (12, 24, 0.3143, 0.6857), (7, 20, 0.1812, 0.5671), (0, 12, 0.0, 0.2425), (12, 12, 0.7575, 1.0)])
+def test_wilson_interval_known_values(successes, trials, low, high):
+  got = proportions.wilson_interval(successes, trials)
+  assert got == pytest.approx((low, high), abs=1e-4)
+
+
+def test_ablation_summary_intervals_count_the_scored_edits():
+  rows = [dict(method="mixed", category="motion", alignment=a, fidelity=0.0, kept=1.0,
+               texture_correlation=0.1, stability=0.1, success=0.0, success_kept=a)
+          for a in [1.0] * 7 + [0.0] * 13 + [float("nan")]]
+  motion, = ablation.summarize(rows)  # one category: no "all" row
+  assert motion["category"] == "motion"
+  assert motion["edits"] == 21 and motion["alignment"] == pytest.approx(0.35)
+  assert motion["alignment_ci95"] == motion["success_kept_ci95"] == "0.18–0.57"
+  assert motion["success_ci95"] == "0.00–0.15"  # 0 of 21: every edit has a success score
 
 
 def test_tables():

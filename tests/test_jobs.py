@@ -45,10 +45,12 @@ def test_text2video_cli_runs_end_to_end(tmp_path):
 
 def test_demo_edit_cli_on_the_shipped_cascade(tmp_path):
   """The README's main command on the committed moving-shapes cascade and default clip (finetuning
-  cut to 2 steps to keep CI short): real-size outputs, the default prompt, nothing downloaded."""
+  cut to 2 steps and every sampler to 2 steps to keep CI short): real-size outputs, the default
+  prompt, nothing downloaded."""
   env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")
   argv = readme_commands.argv("python -m dreamix_jax.main --config=configs/edit.py")
-  proc = subprocess.run(argv + [f"--workdir={tmp_path}", "--config.finetune.steps=2"],
+  short = [f"--config.cascade.stages.{stage}.sampler.num_steps=2" for stage in ("base", "tsr", "ssr")]
+  proc = subprocess.run(argv + [f"--workdir={tmp_path}", "--config.finetune.steps=2", *short],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   folders = sorted((tmp_path / "edit" / "edit").iterdir())

@@ -19,6 +19,7 @@ Files: `caption_fit.csv` / `.md` (one row per attribute and report step).
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -59,39 +60,48 @@ def fit_clips(attribute: str, shape: tuple[int, int, int]
   return clips, np.stack([shapes.derive(v, *shape) for v in videos])
 
 
+@functools.lru_cache(maxsize=4)
+def _fit_functions(apply, learning_rate: float):
+  """The optimizer and the jitted Adam step and x̂0 prediction of `fit` for one denoiser and
+  learning rate: the clips, captions and log-SNRs are arguments, so every fit of the same shapes
+  (each attribute's four clips) reuses one compilation."""
+  optimizer = optax.adam(learning_rate)
+
+  def loss_fn(p, key, videos, lam, text, text_mask):
+    eps = jax.random.normal(key, videos.shape)
+    z = schedules.diffuse(videos, eps, lam)
+    v = apply(p, z, lam, text, text_mask, temporal_mask=jnp.zeros_like(lam))
+    return jnp.mean(jnp.square(v - schedules.v_target(videos, eps, lam)))
+
+  @jax.jit
+  def step(p, opt_state, key, *data):
+    loss, grads = jax.value_and_grad(loss_fn)(p, key, *data)
+    updates, opt_state = optimizer.update(grads, opt_state, p)
+    return optax.apply_updates(p, updates), opt_state, loss
+
+  @jax.jit
+  def predict(p, key, videos, lam, text, text_mask):
+    eps = jax.random.normal(key, videos.shape)
+    v = apply(p, eps, lam, text, text_mask, temporal_mask=jnp.zeros_like(lam))
+    return schedules.x_from_v(eps, v, lam)
+
+  return optimizer, step, predict
+
+
 def fit(apply, params, text: np.ndarray, text_mask: np.ndarray, videos: np.ndarray, *,
         logsnr: float, steps: int, learning_rate: float, report_every: int, seed: int
         ) -> list[dict]:
   """Adam on the v-loss of `videos` (N, T, H, W, 3) at `logsnr` from `params`; rows
   {step, loss, matched, relative_error} at step 0 and every `report_every` steps."""
   n = len(videos)
-  videos = jnp.asarray(videos)
-  lam = jnp.full((n,), logsnr, jnp.float32)
-  no_mask = jnp.zeros((n,), jnp.float32)
-  optimizer = optax.adam(learning_rate)
-
-  def loss_fn(p, key):
-    eps = jax.random.normal(key, videos.shape)
-    z = schedules.diffuse(videos, eps, lam)
-    v = apply(p, z, lam, text, text_mask, temporal_mask=no_mask)
-    return jnp.mean(jnp.square(v - schedules.v_target(videos, eps, lam)))
-
-  @jax.jit
-  def step(p, opt_state, key):
-    loss, grads = jax.value_and_grad(loss_fn)(p, key)
-    updates, opt_state = optimizer.update(grads, opt_state, p)
-    return optax.apply_updates(p, updates), opt_state, loss
-
-  @jax.jit
-  def predict(p, key):
-    eps = jax.random.normal(key, videos.shape)
-    return schedules.x_from_v(eps, apply(p, eps, lam, text, text_mask, temporal_mask=no_mask), lam)
-
-  variance = float(jnp.var(videos))
+  data = (jnp.asarray(videos), jnp.full((n,), logsnr, jnp.float32), jnp.asarray(text),
+          jnp.asarray(text_mask))
+  optimizer, step, predict = _fit_functions(apply, float(learning_rate))
+  variance = float(jnp.var(data[0]))
   eval_keys = jax.random.split(jax.random.PRNGKey(seed + 1), 2)
 
   def row(i, p, loss):
-    x0 = np.mean([np.asarray(predict(p, k)) for k in eval_keys], axis=0)
+    x0 = np.mean([np.asarray(predict(p, k, *data)) for k in eval_keys], axis=0)
     errors = np.square(x0[:, None] - np.asarray(videos)[None]).mean(axis=(2, 3, 4, 5))  # (pred, clip)
     return dict(step=i, loss=loss, matched=int((errors.argmin(axis=1) == np.arange(n)).sum()),
                 relative_error=float(np.diag(errors).mean() / variance))
@@ -100,7 +110,7 @@ def fit(apply, params, text: np.ndarray, text_mask: np.ndarray, videos: np.ndarr
   rows = [row(0, params, float("nan"))]
   key = jax.random.PRNGKey(seed)
   for i in range(1, steps + 1):
-    params, opt_state, loss = step(params, opt_state, jax.random.fold_in(key, i))
+    params, opt_state, loss = step(params, opt_state, jax.random.fold_in(key, i), *data)
     if i % report_every == 0 or i == steps:
       rows.append(row(i, params, float(loss)))
   return rows

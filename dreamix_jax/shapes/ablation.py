@@ -12,7 +12,13 @@ background color) — by changing exactly one attribute of its caption (which va
 - `text2video`: the unconditional baseline, the prompt sampled from pure noise.
 
 Each edit is scored by the probe (`shapes.scoring`): alignment, fidelity, temporal stability,
-success. Per method × category the means are tabulated and the success rates plotted.
+success. Per method × category the means are tabulated, the shares with their 95% Wilson
+intervals, and the success rates plotted.
+
+In a restricted world (`config.vocabulary`, e.g. the motion-only world of the direction-of-motion
+A/B: a white square on black) the source clips are drawn from it, an edit changes its attribute to
+another value of the restricted vocabulary, and a category whose attribute has one value there is
+not edited.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import numpy as np
 from absl import logging
 
 from dreamix_jax.data import outputs, report
+from dreamix_jax.metrics import proportions
 from dreamix_jax.dreamix import corrupt, edit, finetune
 from dreamix_jax.shapes import scoring, world as shapes
 
@@ -36,12 +43,15 @@ from dreamix_jax.shapes import scoring, world as shapes
 CATEGORIES = {"motion": "motion", "object": "shape", "appearance": "color",
               "background": "background"}
 METHODS = ("none", "video", "mixed", "text2video")
-SUMMARY_COLUMNS = ("method", "category", "edits", "alignment", "fidelity", "kept", "texture",
-                   "stability", "success", "success_kept")
+SUMMARY_COLUMNS = ("method", "category", "edits", "alignment", "alignment_ci95", "fidelity",
+                   "kept", "texture", "stability", "success", "success_ci95", "success_kept",
+                   "success_kept_ci95")
 # Summary column -> the per-edit score it averages.
 _MEANS = {"alignment": "alignment", "fidelity": "fidelity", "kept": "kept",
           "texture": "texture_correlation", "stability": "stability", "success": "success",
           "success_kept": "success_kept"}
+# Summary shares given with their 95% Wilson interval (column `<share>_ci95`).
+_INTERVALS = ("alignment", "success", "success_kept")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,21 +77,34 @@ def methods_from_config(cfg, alphas) -> list[Method]:
           Method("text2video", None, 0, None)]
 
 
-def edit_attributes(attrs: shapes.Attributes, category: str, index: int) -> shapes.Attributes:
-  """`attrs` with the category's attribute changed to another vocabulary value: the
-  `index % (n − 1)`-th of the n − 1 other values, in vocabulary order."""
+def edit_categories(vocabulary=None) -> list[str]:
+  """The categories that can be edited in the world restricted to `vocabulary`
+  (`shapes.restricted`; all four in the whole world): those whose attribute has another value."""
+  vocab = shapes.restricted(vocabulary)
+  return [c for c, field in CATEGORIES.items() if len(vocab[field]) > 1]
+
+
+def edit_attributes(attrs: shapes.Attributes, category: str, index: int,
+                    vocabulary=None) -> shapes.Attributes:
+  """`attrs` with the category's attribute changed to another value of the (restricted)
+  vocabulary: the `index % (n − 1)`-th of the n − 1 other values, in vocabulary order."""
   if category not in CATEGORIES:
     raise ValueError(f"Unknown edit category {category!r}; use one of {list(CATEGORIES)}.")
   field = CATEGORIES[category]
-  others = [v for v in shapes.VOCABULARIES[field] if v != getattr(attrs, field)]
+  others = [v for v in shapes.restricted(vocabulary)[field] if v != getattr(attrs, field)]
+  if not others:
+    raise ValueError(f"The {category} category cannot be edited in this world: its {field} has "
+                     "one value; use edit_categories(vocabulary).")
   return dataclasses.replace(attrs.discrete(), **{field: others[index % len(others)]})
 
 
-def source_clips(num_clips: int, data_seed: int) -> list[shapes.ClipAttributes]:
-  """The first `num_clips` clips of the moving-shapes test split built with `data_seed`."""
+def source_clips(num_clips: int, data_seed: int,
+                 vocabulary=None) -> list[shapes.ClipAttributes]:
+  """The first `num_clips` clips of the moving-shapes test split built with `data_seed`, in the
+  world restricted to `vocabulary` (`shapes.restricted`; the whole world by default)."""
   if num_clips < 1:
     raise ValueError(f"ablation.num_clips must be at least 1, got {num_clips}.")
-  return [shapes.clip_attributes(data_seed, "test", i) for i in range(num_clips)]
+  return [shapes.clip_attributes(data_seed, "test", i, vocabulary) for i in range(num_clips)]
 
 
 def run_benchmark(config, workdir: str, *, cascade, params, embedder, timer) -> dict[str, str]:
@@ -96,7 +119,8 @@ def edit_clips(cascade, params, embedder, config, workdir: str, timer) -> list[d
 
   Outputs are scored at stage `ablation.upto` ("" = the last; the later stages are not sampled).
   `config` carries `ablation` (num_clips, data_seed, steps, s_none, s_finetuned, upto), `alphas`
-  (video, mixed), `finetune` (what the finetuned methods share) and `seed` (the sampling seed).
+  (video, mixed), `finetune` (what the finetuned methods share), `seed` (the sampling seed) and
+  optionally `vocabulary` (a restricted world, `shapes.restricted`).
   A grid png per clip (the source over every method × category output) goes to
   `<workdir>/ablation_clips/`, with the clip's rows and the run's settings in a json beside it:
   a run stopped part-way resumes in the same workdir from the clips already done (and refuses a
@@ -107,8 +131,11 @@ def edit_clips(cascade, params, embedder, config, workdir: str, timer) -> list[d
   top = cascade.stage(finetune.top_finetune_stage(cascade.names, config.finetune))
   scored = cascade.stage(config.ablation.upto or cascade.names[-1])
   t_star, t_star_mask = embedder([config.finetune.prompt])
+  vocabulary = _vocabulary(config)
+  categories = edit_categories(vocabulary)
   rows = []
-  for index, clip in enumerate(source_clips(config.ablation.num_clips, config.ablation.data_seed)):
+  for index, clip in enumerate(source_clips(config.ablation.num_clips, config.ablation.data_seed,
+                                            vocabulary)):
     record = os.path.join(workdir, "ablation_clips", f"clip{index:03d}.json")
     done = _read_clip_record(record, settings)
     if done is not None:
@@ -119,7 +146,7 @@ def edit_clips(cascade, params, embedder, config, workdir: str, timer) -> list[d
     source_top = shapes.render(clip, top.frames, top.height, top.width)[None]
     source_out = shapes.render(clip, scored.frames, scored.height, scored.width)
     base_view = corrupt.to_stage(cascade, jnp.asarray(source_top), top.name, cascade.names[0])
-    targets = {c: edit_attributes(clip, c, index) for c in CATEGORIES}
+    targets = {c: edit_attributes(clip, c, index, vocabulary) for c in categories}
     text, mask = embedder([shapes.caption(t) for t in targets.values()])
     grid, labels = [source_out], [f"source: {shapes.caption(clip)}"]
     clip_rows = []
@@ -145,14 +172,18 @@ def edit_clips(cascade, params, embedder, config, workdir: str, timer) -> list[d
   return rows
 
 
+def _vocabulary(config) -> dict:
+  return dict(config.get("vocabulary", {}))
+
+
 def run_settings(config) -> dict:
   """What an ablation row depends on besides its clip: the checkpoint, cascade, sampling seed,
-  methods and finetuning settings (`num_clips` aside: a longer run extends a shorter one), as
-  plain json values."""
+  world, methods and finetuning settings (`num_clips` aside: a longer run extends a shorter one),
+  as plain json values."""
   ablation = {k: v for k, v in config.ablation.items() if k != "num_clips"}
   settings = dict(checkpoint=_checkpoint_digest(config.checkpoint), cascade=config.cascade,
-                  seed=config.seed, ablation=ablation, alphas=config.alphas,
-                  finetune=config.finetune)
+                  seed=config.seed, world=shapes.restricted(_vocabulary(config)),
+                  ablation=ablation, alphas=config.alphas, finetune=config.finetune)
   return json.loads(json.dumps(settings, sort_keys=True, default=_plain))
 
 
@@ -208,16 +239,22 @@ def _edit(cascade, params, base_view, text, mask, method: Method, seed: int,
 
 
 def summarize(rows: Sequence[dict]) -> list[dict]:
-  """Means per method × category, then per method over all categories ("all")."""
+  """Means per method × category, then per method over all categories ("all", when there are
+  several), and the 95% Wilson interval of each share in `_INTERVALS` (edits without a score,
+  NaN, left out)."""
   summary = []
+  categories = list(dict.fromkeys(r["category"] for r in rows))
   for method in dict.fromkeys(r["method"] for r in rows):
-    for category in list(dict.fromkeys(r["category"] for r in rows)) + ["all"]:
+    for category in categories + (["all"] if len(categories) > 1 else []):
       group = [r for r in rows if r["method"] == method and category in ("all", r["category"])]
       if not group:
         continue
       row = dict(method=method, category=category, edits=len(group))
       for column, key in _MEANS.items():
         row[column] = float(np.nanmean([r[key] for r in group]))
+      for column in _INTERVALS:
+        scored = [r[_MEANS[column]] for r in group if not np.isnan(r[_MEANS[column]])]
+        row[f"{column}_ci95"] = proportions.interval_text(int(sum(scored)), len(scored))
       summary.append(row)
   return summary
 

@@ -4,7 +4,10 @@ benchmark on the tiny random cascade."""
 import csv
 import dataclasses
 import inspect
+import json
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -17,7 +20,8 @@ from dreamix_jax.metrics import proportions, temporal
 from dreamix_jax.shapes import scoring
 from dreamix_jax.shapes import text2video
 from dreamix_jax.jobs import common, evaluate
-from config_loading import load
+from dreamix_jax.tools import pool_ablation
+from config_loading import ROOT, load
 
 SIZE = (32, 48, 80)
 SOURCE = shapes.ClipAttributes("circle", "red", "black", "right", x=30.0, y=24.0, size=14.0,
@@ -120,6 +124,62 @@ def test_ablation_summary_intervals_count_the_scored_edits():
   assert motion["edits"] == 21 and motion["alignment"] == pytest.approx(0.35)
   assert motion["alignment_ci95"] == motion["success_kept_ci95"] == "0.18–0.57"
   assert motion["success_ci95"] == "0.00–0.15"  # 0 of 21: every edit has a success score
+
+
+@pytest.mark.parametrize("only_a, only_b, p", [
+    (6, 0, 0.03125), (0, 5, 0.0625), (2, 8, 0.109375), (3, 3, 1.0), (0, 0, 1.0)])
+def test_sign_test_exact_values(only_a, only_b, p):
+  assert proportions.sign_test(only_a, only_b) == pytest.approx(p)
+
+
+def _edit_row(clip, method, alignment, kept):
+  return dict(clip=clip, category="motion", method=method, alignment=alignment, fidelity=0.0,
+              kept=kept, texture_correlation=0.1, stability=0.1, success=0.0,
+              success_kept=float(alignment and kept))
+
+
+def test_paired_counts_edits_only_one_method_got_right():
+  rows = []
+  for clip, (mixed, video) in enumerate([(1, 0)] * 6 + [(1, 1), (0, 0), (0, 1)]):
+    rows += [_edit_row(clip, "mixed", 1.0, float(mixed)), _edit_row(clip, "video", 1.0,
+                                                                      float(video))]
+  rows.append(_edit_row(99, "mixed", 1.0, 1.0))  # no video edit of clip 99: not paired
+  table = {(r["method_a"], r["method_b"], r["score"]): r for r in ablation.paired(rows)}
+  kept = table["mixed", "video", "kept"]
+  assert (kept["edits"], kept["only_a"], kept["only_b"]) == (9, 6, 1)
+  assert kept["sign_test_p"] == pytest.approx(0.125)  # 2 * (1 + 7) / 2**7
+  assert table["mixed", "video", "alignment"]["only_a"] == 0
+  assert table["mixed", "none", "kept"]["edits"] == 0  # no "none" edits at all
+
+
+def _write_run(workdir, data_seed, rows, lr=1e-3):
+  settings = dict(checkpoint={}, seed=0, ablation=dict(data_seed=data_seed, s_none=0.98),
+                  finetune=dict(lr=lr))
+  (workdir / "ablation_clips").mkdir(parents=True)
+  (workdir / "ablation_clips" / "clip000.json").write_text(
+      json.dumps(dict(settings=settings, rows=rows)))
+
+
+def test_pool_ablation_pools_runs_of_one_benchmark_only(tmp_path):
+  _write_run(tmp_path / "seed0", 0, [_edit_row(0, "mixed", 1.0, 1.0), _edit_row(0, "video", 0.0, 1.0)])
+  _write_run(tmp_path / "seed1", 1, [_edit_row(0, "mixed", 0.0, 1.0), _edit_row(0, "video", 0.0, 0.0)])
+  paths = pool_ablation.pool([str(tmp_path / "seed0"), str(tmp_path / "seed1")],
+                             str(tmp_path / "pooled"))
+  with open(paths["edits"]) as f:
+    edits = list(csv.DictReader(f))
+  assert sorted(r["clip"] for r in edits) == ["seed0/0", "seed0/0", "seed1/0", "seed1/0"]
+  with open(paths["paired_csv"]) as f:
+    kept = next(r for r in csv.DictReader(f) if r["method_b"] == "video" and r["score"] == "kept")
+  assert (kept["edits"], kept["only_a"], kept["only_b"]) == ("2", "1", "0")
+  _write_run(tmp_path / "other", 2, [_edit_row(0, "mixed", 1.0, 1.0)], lr=1e-4)
+  with pytest.raises(ValueError, match="other settings"):
+    pool_ablation.pool([str(tmp_path / "seed0"), str(tmp_path / "other")], str(tmp_path / "p2"))
+  proc = subprocess.run([sys.executable, "-m", "dreamix_jax.tools.pool_ablation",
+                         f"--out={tmp_path / 'p3'}", str(tmp_path / "empty")],
+                        cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
+      "error: ") and "no finished ablation clip" in proc.stderr
+  assert not (tmp_path / "p2").exists() and not (tmp_path / "p3").exists()
 
 
 def test_tables():

@@ -31,3 +31,14 @@ def interval_text(successes: int, trials: int) -> str:
   """The 95% Wilson interval as "low–high" with two decimals (empty for no trials)."""
   low, high = wilson_interval(successes, trials)
   return "" if trials == 0 else f"{low:.2f}–{high:.2f}"
+
+
+def sign_test(only_a: int, only_b: int) -> float:
+  """Two-sided exact sign test of paired outcomes: p-value of `only_a` against `only_b`, the
+  pairs where exactly one of two methods succeeded (ties, both or neither, carry no information);
+  1.0 without any such pair."""
+  if min(only_a, only_b) < 0:
+    raise ValueError(f"counts must be non-negative, got {only_a} and {only_b}.")
+  n = only_a + only_b
+  tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1))
+  return min(1.0, 2 * tail / 2 ** n) if n else 1.0

@@ -52,6 +52,11 @@ _MEANS = {"alignment": "alignment", "fidelity": "fidelity", "kept": "kept",
           "success_kept": "success_kept"}
 # Summary shares given with their 95% Wilson interval (column `<share>_ci95`).
 _INTERVALS = ("alignment", "success", "success_kept")
+# Method pairs and per-edit scores compared edit by edit (`paired`).
+PAIRS = (("mixed", "video"), ("mixed", "none"), ("video", "none"))
+PAIRED_SCORES = ("alignment", "kept", "success_kept")
+PAIRED_COLUMNS = ("category", "method_a", "method_b", "score", "edits", "only_a", "only_b",
+                  "sign_test_p")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,6 +223,33 @@ def _read_clip_record(path: str, settings: dict) -> list[dict] | None:
   return record["rows"]
 
 
+def finished_rows(workdir: str) -> tuple[dict, list[dict]]:
+  """(settings, rows) of the clips finished in an ablation workdir (`ablation_clips/*.json`);
+  each row's `clip` becomes `<workdir name>/<clip index>`, so that rows of several workdirs
+  stay apart when pooled."""
+  folder = os.path.join(workdir, "ablation_clips")
+  names = sorted(n for n in os.listdir(folder) if n.endswith(".json")) if os.path.isdir(
+      folder) else []
+  if not names:
+    raise ValueError(f"{workdir} holds no finished ablation clip ({folder}/clip*.json); give the "
+                     "--workdir of a benchmark=shapes run.")
+  settings, rows = None, []
+  for name in names:
+    with open(os.path.join(folder, name), encoding="utf-8") as f:
+      record = json.load(f)
+    settings = settings or record["settings"]
+    tag = os.path.basename(os.path.normpath(workdir))
+    rows += [dict(row, clip=f"{tag}/{row['clip']}") for row in record["rows"]]
+  return settings, rows
+
+
+def pooling_key(settings: dict) -> str:
+  """The settings two ablation runs must share for their edits to be pooled: all but the data
+  seed (which picks other source clips)."""
+  ablation = {k: v for k, v in settings["ablation"].items() if k != "data_seed"}
+  return json.dumps(dict(settings, ablation=ablation), sort_keys=True)
+
+
 def _method_params(cascade, params, source_top, t_star, t_star_mask, config, method: Method):
   if method.alpha is None:
     return params
@@ -259,10 +291,31 @@ def summarize(rows: Sequence[dict]) -> list[dict]:
   return summary
 
 
+def paired(rows: Sequence[dict]) -> list[dict]:
+  """Methods compared on the same edits (same clip and category), per category: for each pair
+  in `PAIRS` and score in `PAIRED_SCORES`, the edits only method a got right, only b, and the
+  two-sided sign test's p-value (edits without a score in either method left out)."""
+  scores = {(r["clip"], r["category"], r["method"]): r for r in rows}
+  table = []
+  for category in dict.fromkeys(r["category"] for r in rows):
+    edits = list(dict.fromkeys(r["clip"] for r in rows if r["category"] == category))
+    for a, b in PAIRS:
+      both = [c for c in edits if (c, category, a) in scores and (c, category, b) in scores]
+      for score in PAIRED_SCORES:
+        pairs = [(scores[c, category, a][score], scores[c, category, b][score]) for c in both]
+        pairs = [(x, y) for x, y in pairs if not (np.isnan(x) or np.isnan(y))]
+        only_a = sum(x == 1 and y == 0 for x, y in pairs)
+        only_b = sum(y == 1 and x == 0 for x, y in pairs)
+        table.append(dict(category=category, method_a=a, method_b=b, score=score,
+                          edits=len(pairs), only_a=only_a, only_b=only_b,
+                          sign_test_p=proportions.sign_test(only_a, only_b)))
+  return table
+
+
 def write_results(workdir: str, rows: Sequence[dict]) -> dict[str, str]:
-  """Writes ablation_edits.csv (every edit), ablation.csv/.md (the summary),
-  ablation_success.png and ablation_success_kept.png (success, and success without the texture
-  criterion, per category and method); returns {kind: path}."""
+  """Writes ablation_edits.csv (every edit), ablation.csv/.md (the summary), ablation_paired.csv/.md
+  (`paired`), ablation_success.png and ablation_success_kept.png (success, and success without
+  the texture criterion, per category and method); returns {kind: path}."""
   summary = summarize(rows)
   paths = {"edits": os.path.join(workdir, "ablation_edits.csv")}
   report.write_text(paths["edits"], report.csv_text(rows))
@@ -270,6 +323,10 @@ def write_results(workdir: str, rows: Sequence[dict]) -> dict[str, str]:
       os.path.join(workdir, "ablation"), summary, SUMMARY_COLUMNS,
       title="Moving-shapes ablation: probe alignment, fidelity (kept: without the texture; "
             "texture: mean correlation), temporal distance (lower is stabler), success")
+  paths["paired_csv"], paths["paired_md"] = report.write_tables(
+      os.path.join(workdir, "ablation_paired"), paired(rows), PAIRED_COLUMNS,
+      title="Moving-shapes ablation, methods on the same edits: how many edits only method a "
+            "(only_a) or only method b (only_b) got right, two-sided sign test")
   categories = list(dict.fromkeys(r["category"] for r in summary))
   methods = list(dict.fromkeys(r["method"] for r in summary))
   for kind, column, title in (("plot", "success", "Edit success per category"),

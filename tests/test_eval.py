@@ -161,10 +161,9 @@ def _write_run(workdir, data_seed, rows, lr=1e-3):
 
 
 def test_pool_ablation_pools_runs_of_one_benchmark_only(tmp_path):
-  _write_run(tmp_path / "seed0", 0, [_edit_row(0, "mixed", 1.0, 1.0), _edit_row(0, "video", 0.0, 1.0)])
-  _write_run(tmp_path / "seed1", 1, [_edit_row(0, "mixed", 0.0, 1.0), _edit_row(0, "video", 0.0, 0.0)])
-  paths = pool_ablation.pool([str(tmp_path / "seed0"), str(tmp_path / "seed1")],
-                             str(tmp_path / "pooled"))
+  _write_run(tmp_path / "a", 0, [_edit_row(0, "mixed", 1.0, 1.0), _edit_row(0, "video", 0.0, 1.0)])
+  _write_run(tmp_path / "b", 1, [_edit_row(0, "mixed", 0.0, 1.0), _edit_row(0, "video", 0.0, 0.0)])
+  paths = pool_ablation.pool([str(tmp_path / "a"), str(tmp_path / "b")], str(tmp_path / "pooled"))
   with open(paths["edits"]) as f:
     edits = list(csv.DictReader(f))
   assert sorted(r["clip"] for r in edits) == ["seed0/0", "seed0/0", "seed1/0", "seed1/0"]
@@ -173,7 +172,10 @@ def test_pool_ablation_pools_runs_of_one_benchmark_only(tmp_path):
   assert (kept["edits"], kept["only_a"], kept["only_b"]) == ("2", "1", "0")
   _write_run(tmp_path / "other", 2, [_edit_row(0, "mixed", 1.0, 1.0)], lr=1e-4)
   with pytest.raises(ValueError, match="other settings"):
-    pool_ablation.pool([str(tmp_path / "seed0"), str(tmp_path / "other")], str(tmp_path / "p2"))
+    pool_ablation.pool([str(tmp_path / "a"), str(tmp_path / "other")], str(tmp_path / "p2"))
+  _write_run(tmp_path / "again", 1, [_edit_row(0, "mixed", 1.0, 1.0)])
+  with pytest.raises(ValueError, match="both edit data seed 1"):
+    pool_ablation.pool([str(tmp_path / "b"), str(tmp_path / "again")], str(tmp_path / "p2"))
   proc = subprocess.run([sys.executable, "-m", "dreamix_jax.tools.pool_ablation",
                          f"--out={tmp_path / 'p3'}", str(tmp_path / "empty")],
                         cwd=ROOT, capture_output=True, text=True, timeout=120)

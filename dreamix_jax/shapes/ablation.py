@@ -225,8 +225,8 @@ def _read_clip_record(path: str, settings: dict) -> list[dict] | None:
 
 def finished_rows(workdir: str) -> tuple[dict, list[dict]]:
   """(settings, rows) of the clips finished in an ablation workdir (`ablation_clips/*.json`);
-  each row's `clip` becomes `<workdir name>/<clip index>`, so that rows of several workdirs
-  stay apart when pooled."""
+  each row's `clip` becomes `seed<data seed>/<clip index>`, which names its source clip across
+  runs (`source_clips`)."""
   folder = os.path.join(workdir, "ablation_clips")
   names = sorted(n for n in os.listdir(folder) if n.endswith(".json")) if os.path.isdir(
       folder) else []
@@ -238,8 +238,8 @@ def finished_rows(workdir: str) -> tuple[dict, list[dict]]:
     with open(os.path.join(folder, name), encoding="utf-8") as f:
       record = json.load(f)
     settings = settings or record["settings"]
-    tag = os.path.basename(os.path.normpath(workdir))
-    rows += [dict(row, clip=f"{tag}/{row['clip']}") for row in record["rows"]]
+    seed = record["settings"]["ablation"]["data_seed"]
+    rows += [dict(row, clip=f"seed{seed}/{row['clip']}") for row in record["rows"]]
   return settings, rows
 
 

@@ -7,7 +7,8 @@ different data seeds (`--config.ablation.data_seed`: other source clips) can go 
 per core or host, and this tool writes their edits as one benchmark: ablation_edits.csv,
 ablation.csv/.md with the 95% intervals, ablation_paired.csv/.md and the plots
 (`shapes.ablation.write_results`). Runs made with other settings than the first (checkpoint,
-cascade, world, methods, finetuning; the data seed and clip count aside) are refused.
+cascade, world, methods, finetuning; the data seed and clip count aside), or of a data seed
+already pooled, are refused.
 """
 
 from __future__ import annotations
@@ -32,11 +33,16 @@ def pool(workdirs, out: str) -> dict[str, str]:
   """Writes the pooled tables of the ablation runs in `workdirs` to `out`; returns their paths."""
   if not workdirs:
     raise ValueError("Give the ablation workdirs to pool after the flags.")
-  rows, key, first = [], None, None
+  rows, key, first, seeds = [], None, None, {}
   for workdir in workdirs:
     if os.path.abspath(workdir) == os.path.abspath(out):
       raise ValueError(f"--out={out} is one of the runs; write the pooled tables elsewhere.")
     settings, found = ablation.finished_rows(workdir)
+    seed = settings["ablation"]["data_seed"]
+    if seed in seeds:  # the same source clips edited the same way: they would count twice
+      raise ValueError(f"{workdir} and {seeds[seed]} both edit data seed {seed}; pool runs of "
+                       "different data seeds.")
+    seeds[seed] = workdir
     if key is None:
       key, first = ablation.pooling_key(settings), workdir
     elif ablation.pooling_key(settings) != key:

@@ -17,8 +17,8 @@ distance always; CLIP score with `clip_dir`, a local Hugging Face CLIP; temporal
 `benchmark=shapes`: edits `ablation.num_clips` test-split clips × 4 edit categories (`:world=motion`:
 the motion-only world's clips, motion edits only) with 4 methods
 (no finetuning at s = `ablation.s_none`; video (α = 1) and mixed (α = 0.35) finetuning for
-`ablation.steps` steps at s = `ablation.s_finetuned`; text-to-video) on the demo cascade, scores the
-outputs of stage `upto` (default: base, the stage the methods finetune; `upto=ssr` scores the
+`ablation.steps.video` and `ablation.steps.mixed` steps at s = `ablation.s_finetuned`;
+text-to-video) on the demo cascade, scores the outputs of stage `upto` (default: base, the stage the methods finetune; `upto=ssr` scores the
 cascade's final videos) and writes
 ablation.csv/.md, ablation_edits.csv and ablation_success[_kept].png; each finished clip is kept in
 `ablation_clips/`, so a stopped run resumes where it was when started again in the same workdir.
@@ -66,9 +66,10 @@ def get_config(arg=None):
   # The ablation scores the base stage's output unless `upto` names a later stage: the methods differ
   # only in the base stage (the one they finetune), and the demo cascade's SR stages do not keep
   # the world's fine texture even from a perfect input (see docs/ablation.md).
+  finetune_steps = 2 if arg.runlocal else 150
   config.ablation = dict(num_clips=1 if arg.runlocal else 12, data_seed=0,
-                         steps=2 if arg.runlocal else 150, s_none=0.8, s_finetuned=0.9,
-                         upto=arg.upto or "base")
+                         steps=dict(video=finetune_steps, mixed=finetune_steps),
+                         s_none=0.8, s_finetuned=0.9, upto=arg.upto or "base")
   # trace=True (with upto=base): also probe the x̂0 of every sampler step (text2video_decision.md).
   config.text2video = dict(num_captions=2 if arg.runlocal else 100, data_seed=0, upto=arg.upto,
                            batch_size=1 if arg.runlocal else 25, trace=False)

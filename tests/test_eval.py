@@ -255,6 +255,25 @@ def test_every_benchmark_has_the_one_signature():
     assert not benchmark.__module__.startswith("dreamix_jax.jobs"), name
 
 
+def test_ablation_methods_take_their_own_finetuning_steps():
+  """App. F.1's protocol: video-only finetuning for 64 steps, mixed for 150, both edited from the
+  same s; a steps table without both finetuned methods, or with a step count below 1, is refused."""
+  config = load("configs/eval.py:benchmark=shapes")
+  with config.unlocked():
+    config.ablation.steps.video, config.ablation.s_finetuned = 64, 0.98
+  methods = {m.name: m for m in ablation.methods_from_config(config.ablation, config.alphas)}
+  assert [(m.alpha, m.steps, m.s) for m in methods.values()] == [
+      (None, 0, 0.8), (1.0, 64, 0.98), (0.35, 150, 0.98), (None, 0, None)]
+  with config.unlocked():
+    config.ablation.steps.mixed = 0
+  with pytest.raises(ValueError, match=r"ablation.steps.mixed must be at least 1, got 0"):
+    ablation.methods_from_config(config.ablation, config.alphas)
+  with config.unlocked():
+    config.ablation.steps = dict(video=64)
+  with pytest.raises(ValueError, match=r"must name the finetuned methods video and mixed"):
+    ablation.methods_from_config(config.ablation, config.alphas)
+
+
 def test_ablation_runlocal(tmp_path, monkeypatch):
   """1 clip x 4 categories x 4 methods on the tiny random cascade, tiny finetunes; a second run in
   the workdir reuses the finished clip, and one with other settings is refused."""
@@ -268,7 +287,7 @@ def test_ablation_runlocal(tmp_path, monkeypatch):
   monkeypatch.setattr(ablation, "_method_params", unexpected)
   monkeypatch.setattr(ablation, "_edit", unexpected)
   assert pathlib.Path(evaluate.run(config, str(tmp_path))["edits"]).read_text() == first
-  config.ablation.steps = 3
+  config.ablation.steps.video = 3
   with pytest.raises(ValueError, match="other settings"):
     evaluate.run(config, str(tmp_path))
   with open(paths["edits"]) as f:

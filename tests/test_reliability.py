@@ -41,7 +41,7 @@ from dreamix_jax.train import checkpoints, loop as loop_lib, preemption, state a
 from tests.test_jobs import load
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-STEPS = 16
+STEPS = 10
 PRETRAIN = ["--config=configs/pretrain.py:runlocal", f"--config.steps={STEPS}",
             "--config.checkpoint_every=2", "--config.sample_every=0", "--config.batch_size=1",
             "--config.log_every=1"]

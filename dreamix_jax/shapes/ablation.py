@@ -8,7 +8,9 @@ background color) — by changing exactly one attribute of its caption (which va
 
 - `none`: Dreamix without finetuning (noise to `s`, denoise with the pretrained cascade);
 - `video`: finetuned on the clip with α = 1 (video objective only), then edited;
-- `mixed`: finetuned with α = 0.35 (mixed video-image objective), then edited;
+- `mixed`: finetuned with α = 0.35 (mixed video-image objective), then edited (each finetuned
+  method with its own number of steps, `ablation.steps`: App. F.1 tunes video-only for 64 steps
+  and mixed for 150–300);
 - `text2video`: the unconditional baseline, the prompt sampled from pure noise.
 
 Each edit is scored by the probe (`shapes.scoring`): alignment, fidelity, temporal stability,
@@ -71,14 +73,20 @@ class Method:
 
 
 def methods_from_config(cfg, alphas) -> list[Method]:
-  """The four methods from `config.ablation` (noise levels, steps) and `config.alphas`."""
+  """The four methods from `config.ablation` (noise levels, finetuning steps per finetuned method:
+  `steps = {"video": n, "mixed": m}`) and `config.alphas`."""
   corrupt.check_noise_level(cfg.s_none)
   corrupt.check_noise_level(cfg.s_finetuned)
-  if cfg.steps < 1:
-    raise ValueError(f"ablation.steps must be at least 1 (the finetuned methods), got {cfg.steps}.")
+  steps = dict(cfg.steps)
+  if sorted(steps) != ["mixed", "video"]:
+    raise ValueError(f"ablation.steps must name the finetuned methods video and mixed, got "
+                     f"{sorted(steps)}.")
+  for name, n in steps.items():
+    if n < 1:
+      raise ValueError(f"ablation.steps.{name} must be at least 1, got {n}.")
   return [Method("none", None, 0, cfg.s_none),
-          Method("video", float(alphas["video"]), cfg.steps, cfg.s_finetuned),
-          Method("mixed", float(alphas["mixed"]), cfg.steps, cfg.s_finetuned),
+          Method("video", float(alphas["video"]), steps["video"], cfg.s_finetuned),
+          Method("mixed", float(alphas["mixed"]), steps["mixed"], cfg.s_finetuned),
           Method("text2video", None, 0, None)]
 
 

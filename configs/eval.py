@@ -18,8 +18,8 @@ distance always; CLIP score with `clip_dir`, a local Hugging Face CLIP; temporal
 the motion-only world's clips, motion edits only) with 4 methods
 (no finetuning at s = `ablation.s_none`; video (α = 1) and mixed (α = 0.35) finetuning for
 `ablation.steps.video` and `ablation.steps.mixed` steps at s = `ablation.s_finetuned`;
-text-to-video) on the demo cascade, scores the outputs of stage `upto` (default: base, the stage the methods finetune; `upto=ssr` scores the
-cascade's final videos) and writes
+text-to-video) on the demo cascade, scores the outputs of stage `upto` (default: base, the stage
+the methods finetune; `upto=ssr` scores the cascade's final videos) and writes
 ablation.csv/.md, ablation_edits.csv and ablation_success[_kept].png; each finished clip is kept in
 `ablation_clips/`, so a stopped run resumes where it was when started again in the same workdir.
 `runlocal`: tiny random cascade, one clip, a few steps.

@@ -103,7 +103,8 @@ def modelscope_tiny():
 
 def _nbytes(tree):
   """Bytes of a tree of arrays or shape structs (global shapes)."""
-  return sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(tree))
+  return sum(math.prod(leaf.shape) * leaf.dtype.itemsize
+             for leaf in jax.tree_util.tree_leaves(tree))
 
 
 def test_diffusers_cascade_plans_from_shapes_alone(modelscope_tiny):

@@ -117,10 +117,13 @@ def runs(tmp_path_factory):
   work = tmp / "cut"
   ckpt_dir = work / "checkpoints" / "base"
   out = {"ref_dir": tmp / "ref", "nan_dir": tmp / "nan", "cut_dir": work}
-  procs = {"ref": _start(cli + [f"--workdir={tmp / 'ref'}"], env, tmp / "ref.log"),
-           "nan": _start(["-c", NAN_DRIVER] + PRETRAIN + [f"--workdir={tmp / 'nan'}"], env,
-                         tmp / "nan.log")}
+  procs = {"ref": _start(cli + [f"--workdir={tmp / 'ref'}"], env, tmp / "ref.log")}
   try:
+    # The others start once the reference has compiled its step (its first checkpoint is written
+    # after the first step), so that they load the programs from the shared cache.
+    _wait_for_checkpoint(procs["ref"], tmp / "ref" / "checkpoints" / "base", after=0)
+    procs["nan"] = _start(["-c", NAN_DRIVER] + PRETRAIN + [f"--workdir={tmp / 'nan'}"], env,
+                          tmp / "nan.log")
     procs["cut"] = _start(cli + [f"--workdir={work}"], env, tmp / "term.log")
     out["term_seen"] = _wait_for_checkpoint(procs["cut"], ckpt_dir, after=0)
     procs["cut"].send_signal(signal.SIGTERM)

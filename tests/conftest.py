@@ -6,10 +6,10 @@ import os
 import shutil
 import tempfile
 
-# A lower XLA backend optimisation level halves compile time.
+from compile_flags import FAST_COMPILE
+
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8"
-                           " --xla_backend_optimization_level=0").strip()
+                           f" --xla_force_host_platform_device_count=8 {FAST_COMPILE}").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache for the whole run, inherited by the subprocesses that tests start
 # (CLI runs, resume-after-kill, two-process runs), so the same tiny programs compile once.

@@ -10,6 +10,7 @@ import pytest
 
 from dreamix_jax import jobs
 from dreamix_jax.data import video as video_io
+from compile_flags import FAST_COMPILE
 from config_loading import load
 import readme_commands
 
@@ -30,7 +31,7 @@ def check_outputs(folder, frames, height, width, with_input):
 
 def test_text2video_cli_runs_end_to_end(tmp_path):
   """The README's main command, as a subprocess."""
-  env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")
+  env = dict(os.environ, XLA_FLAGS=FAST_COMPILE)
   argv = readme_commands.argv(
       "python -m dreamix_jax.main --config=configs/text2video.py:runlocal --workdir=/tmp/t2v",
       {"--workdir=/tmp/t2v": f"--workdir={tmp_path}"})
@@ -47,7 +48,7 @@ def test_demo_edit_cli_on_the_shipped_cascade(tmp_path):
   """The README's main command on the committed moving-shapes cascade and default clip (finetuning
   cut to 2 steps and every sampler to 2 steps to keep CI short): real-size outputs, the default
   prompt, nothing downloaded."""
-  env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")
+  env = dict(os.environ, XLA_FLAGS=FAST_COMPILE)
   argv = readme_commands.argv("python -m dreamix_jax.main --config=configs/edit.py")
   short = [f"--config.cascade.stages.{stage}.sampler.num_steps=2" for stage in ("base", "tsr", "ssr")]
   proc = subprocess.run(argv + [f"--workdir={tmp_path}", "--config.finetune.steps=2", *short],

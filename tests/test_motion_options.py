@@ -146,11 +146,13 @@ def test_fresh_option_on_old_weights_changes_nothing(option, inputs):
   cfg, names = (ALL, ALL_MODULES) if option == "all" else (config(option), OPTIONS[option][1])
   old = trained(OFF)
   merged = {**old, **{n: fresh(cfg, 3)[n] for n in names}}
+  # Equal to float32 rounding (a zero branch changes how XLA orders the sums); a trained option
+  # changes them by > 1e-3 (below).
   for flags in ([0.0, 0.0], [0.0, 1.0]):
     np.testing.assert_allclose(run(cfg, merged, inputs, flags), run(OFF, old, inputs, flags),
-                               rtol=0, atol=1e-6, err_msg=str(flags))
+                               rtol=0, atol=1e-5, err_msg=str(flags))
   np.testing.assert_allclose(run(cfg, merged, inputs, frames_only=True),
-                             run(OFF, old, inputs, frames_only=True), rtol=0, atol=1e-6)
+                             run(OFF, old, inputs, frames_only=True), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("option", sorted(OPTIONS))
@@ -178,7 +180,7 @@ def test_load_params_over_continues_from_old_weights(tmp_path, inputs):
   loaded = checkpoints.load_params_over(path, fresh(ALL, 5), ALL_MODULES)
   loaded = jax.tree_util.tree_map(jnp.asarray, loaded)
   np.testing.assert_allclose(run(ALL, loaded, inputs, [0.0, 1.0]), run(OFF, old, inputs, [0.0, 1.0]),
-                             rtol=0, atol=1e-6)
+                             rtol=0, atol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -203,7 +205,7 @@ def test_frame_sets_are_per_frame(option, inputs):
     assert (others > 1e-3) if mixes else (others == 0.0), (flags, others)
   # An identity attention mask is a frame set; frames_only computes the same.
   eye = jnp.broadcast_to(jnp.eye(T, dtype=bool), (B, T, T))
-  np.testing.assert_allclose(run(cfg, params, inputs, eye), on, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(run(cfg, params, inputs, eye), on, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(run(cfg, params, inputs, frames_only=True), on, rtol=1e-5, atol=1e-5)
 
 

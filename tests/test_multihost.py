@@ -7,12 +7,14 @@ import pathlib
 import subprocess
 import sys
 
+from compile_flags import FAST_COMPILE
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_two_process_finetune_matches_single_process(tmp_path):
   # The launcher picks a free coordinator port and strips the 8-device flag for its workers.
-  env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")
+  env = dict(os.environ, XLA_FLAGS=FAST_COMPILE)
   proc = subprocess.run(
       [sys.executable, str(ROOT / "launch" / "multihost_local.py"), "--num_processes=2",
        "--devices_per_process=2", "--steps=2", "--mesh=data:2,fsdp:-1", f"--out={tmp_path}",

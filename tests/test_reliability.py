@@ -39,6 +39,7 @@ from dreamix_jax.dreamix import finetune
 from dreamix_jax.jobs import common, edit, lock, pretrain, subject
 from dreamix_jax.train import checkpoints, loop as loop_lib, preemption, state as state_lib
 from tests.test_jobs import load
+from compile_flags import FAST_COMPILE
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 10
@@ -52,7 +53,7 @@ NAN_STEP = 3
 # Subprocess helpers.
 
 def _env(cache_dir):
-  return dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0", JAX_PLATFORMS="cpu",
+  return dict(os.environ, XLA_FLAGS=FAST_COMPILE, JAX_PLATFORMS="cpu",
               JAX_COMPILATION_CACHE_DIR=str(cache_dir), PYTHONPATH=str(ROOT),
               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
@@ -537,6 +538,12 @@ def inputs(tmp_path_factory):
 def test_bad_videos(inputs, tmp_path, name, error, pattern):
   config = _edit(tmp_path, input=str(inputs / name))
   _fails(edit.run, config, tmp_path / "work", error, pattern)
+
+
+def test_a_bad_video_is_refused_before_any_weights_load(inputs, tmp_path, monkeypatch):
+  monkeypatch.setattr(common, "load_cascade", lambda *a, **k: pytest.fail("loaded the cascade"))
+  config = _edit(tmp_path, input=str(inputs / "text.mp4"))
+  _fails(edit.run, config, tmp_path / "work", video_io.VideoInputError, r"seems to be a text file")
 
 
 def test_empty_subject_folder(inputs, tmp_path):

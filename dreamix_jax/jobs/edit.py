@@ -20,6 +20,7 @@ import os
 import jax.numpy as jnp
 from absl import logging
 
+from dreamix_jax import cascade as cascade_lib
 from dreamix_jax.data import video as video_io
 from dreamix_jax.dreamix import corrupt, edit, finetune
 from dreamix_jax.jobs import common
@@ -27,6 +28,7 @@ from dreamix_jax.jobs import common
 
 def run(config, workdir: str) -> list[str]:
   timer = validate(config)
+  video_io.probe_video(config.input)  # a missing or unreadable input fails before the slow load
   cascade, params, embedder, top = load(config, timer)
   with timer("read_input"):
     video = video_io.read_video(config.input, top.frames, top.height, top.width, fps=top.fps)
@@ -35,9 +37,11 @@ def run(config, workdir: str) -> list[str]:
 
 
 def validate(config):
-  """Checks the settings (name, noise levels, prompts, seeds, finetune ranges and stages) before
-  anything is loaded or written; returns a Timer."""
+  """Checks the settings (name, noise levels, prompts, seeds, finetune ranges and stages, the
+  cascade's resolutions) before anything is loaded or written; returns a Timer."""
   common.check_config(config)
+  if config.cascade.get("source", "project") == "project":  # (a diffusers cascade is read whole)
+    cascade_lib.Cascade.from_config(config.cascade)  # resolutions the backbones take; no weights
   for s in config.noise_levels if "noise_levels" in config else ():
     corrupt.check_noise_level(s)
   finetune.check_config(config.finetune)

@@ -17,12 +17,7 @@
 # pretrain job alone (e.g. PRETRAIN_FLAGS="--config.init_from=" to train from scratch, or
 # PRETRAIN_FLAGS="--config.init_from_new_modules=('frame_emb',)" to add that module to weights
 # that predate it).
-# The direction-of-motion design continues from its own weights (checkpoints/motion_ab/README.md):
-#   b=--config.cascade.stages.base.backbone
-#   CASCADE_FLAGS="$b.coord_channels=True $b.coord_time=True $b.spacetime_conv_levels=(0,1)" \
-#   PRETRAIN_FLAGS="--config.init_from=checkpoints/motion_ab/shapes_abS \
-#     --config.logsnr_mixture.share=0.4 --config.data.image_fraction=0.0" \
-#     bash launch/gpu/pretrain_shapes.sh 7 base 64
+# The flags that continue the direction-of-motion base (shapes_abS) are in checkpoints/motion_ab/README.md.
 #
 # At the end of the budget the job gets SIGTERM, saves its state and exits 75. Outputs, in $OUT
 # (default /tmp/shapes_out; seven files): <stage>.safetensors + cascade.json (the EMA parameters:

@@ -4,10 +4,12 @@
 # scratch, batch 8, same seeds in every arm; resumable (run it again to continue), checkpointing
 # every 250 steps. Then score it with launch/cpu/motion_ab_eval.sh.
 #
-#   bash launch/cpu/motion_ab.sh ARM STEPS [WORKROOT=runs/motion_ab] [INIT_FROM]
+#   bash launch/cpu/motion_ab.sh ARM STEPS [WORKROOT=runs/motion_ab] [INIT_FROM] [FLAG...]
 #
 # INIT_FROM: a cascade directory to continue from on a machine without the arm's orbax state, e.g.
 # the committed checkpoints/motion_ab/ARM (EMA weights and their step; the optimizer restarts).
+# FLAG...: more config flags, e.g. --config.init_from_new_modules='("coord_stem","spacetime_conv")'
+# to continue another arm's weights with this arm's new modules added zero-initialised.
 #
 # Arms (docs/motion_direction.md):
 #   control  the shipped architecture
@@ -16,10 +18,12 @@
 #   ab       a + a residual 3x3x3 space-time convolution after every block of the two top levels (0 and 1)
 #   abS      ab + S
 set -euo pipefail
-arm=${1:?usage: motion_ab.sh ARM STEPS [WORKROOT]}
-steps=${2:?usage: motion_ab.sh ARM STEPS [WORKROOT]}
+usage="usage: motion_ab.sh ARM STEPS [WORKROOT] [INIT_FROM] [FLAG...]"
+arm=${1:?$usage}
+steps=${2:?$usage}
 root=${3:-runs/motion_ab}
 init_from=${4:-}
+shift $(($# < 4 ? $# : 4))
 b=--config.cascade.stages.base.backbone
 flags=("$b.channels=16" "$b.head_dim=16")
 signal=(--config.logsnr_mixture.share=0.4 --config.data.image_fraction=0.0)
@@ -37,4 +41,4 @@ esac
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_cpu_experimental_ynn_fusion_type="
 exec python -m dreamix_jax.main --config=configs/pretrain.py:stage=base,batch=8,world=motion \
   --workdir="$root/$arm" --config.init_from="$init_from" --config.steps="$steps" \
-  --config.checkpoint_every=250 --config.log_every=25 --config.sample_every=0 "${flags[@]}"
+  --config.checkpoint_every=250 --config.log_every=25 --config.sample_every=0 "${flags[@]}" "$@"
